@@ -1,0 +1,291 @@
+"""Commands of the Kafka edge: ``run`` (the service), ``produce`` (replay klines) and ``broker``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stream_infer._errors import ConfigError
+from stream_infer.cli._app import app
+
+log = logging.getLogger("stream_infer.service")
+
+_TOPICS_HELP = "create the candles, predictions and candles.dlq topics with N partitions if missing"
+
+
+def _install_stop(loop: asyncio.AbstractEventLoop, stop: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+
+def _event_loop() -> None:
+    """uvloop when it is installed (lower per-hop latency, see docs/service.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1; 0 picks a free one")] = 0,
+    partitions: Annotated[int, typer.Option(help=_TOPICS_HELP)] = 0,
+    verbose: Annotated[bool, typer.Option(help="show the broker's own log")] = False,
+) -> None:
+    """Start the embedded Kafka-compatible broker (Tansu, in memory) until Ctrl-C / SIGTERM.
+
+    Prints the bootstrap address (127.0.0.1:PORT) on its own line once it answers.
+    """
+    from stream_infer.config import KafkaSettings
+    from stream_infer.kafka import EmbeddedBroker, create_topics
+
+    embedded = EmbeddedBroker(port or None, log=None if verbose else subprocess.DEVNULL)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(asyncio.get_running_loop(), stop.set)
+        async with embedded:
+            if partitions > 0:
+                s = KafkaSettings()
+                await create_topics(
+                    embedded.bootstrap,
+                    dict.fromkeys(
+                        (s.kafka_candles_topic, s.kafka_predictions_topic, s.kafka_dlq_topic),
+                        partitions,
+                    ),
+                )
+            print(embedded.bootstrap, flush=True)
+            print(f"embedded broker (pid {embedded.pid}); Ctrl-C stops it", file=sys.stderr)
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+@app.command()
+def produce(
+    files: Annotated[list[Path], typer.Argument(help="klines files (.csv or .csv.gz)")],
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]")
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="[env KAFKA_CANDLES_TOPIC]")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="candles per second; default: as fast as possible")
+    ] = None,
+    interleave: Annotated[
+        bool, typer.Option(help="merge the files by open_time, like a live feed")
+    ] = True,
+    limit: Annotated[int | None, typer.Option(help="first N candles of each file")] = None,
+    partitions: Annotated[
+        int, typer.Option(help="create the topic with N partitions if missing")
+    ] = 0,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Replay klines files onto the candles topic as Candle JSON events keyed by symbol."""
+    from stream_infer.config import KafkaSettings
+    from stream_infer.kafka import client_kwargs, create_topics, produce_files
+
+    if rate is not None and rate <= 0:
+        raise ConfigError("--rate must be > 0")
+    s = KafkaSettings()
+    server = bootstrap or s.kafka_bootstrap_servers
+    name = topic or s.kafka_candles_topic
+    client = {k: v for k, v in client_kwargs(s, server).items() if k != "bootstrap_servers"}
+
+    async def main() -> int:
+        if partitions > 0:
+            await create_topics(server, {name: partitions}, client=client)
+        return await produce_files(
+            server,
+            name,
+            files,
+            rate=rate,
+            interleave=interleave,
+            limit=limit,
+            client=client,
+            progress=progress and sys.stderr.isatty(),
+        )
+
+    n = asyncio.run(main())
+    print(f"produced {n} candles to {name} at {server}")
+
+
+@app.command()
+def run(
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]")
+    ] = None,
+    models: Annotated[
+        Path | None,
+        typer.Option(
+            help="serve this ensemble directory (e.g. artifacts/ensemble-v1); without it the "
+            "configuration decides: Postgres active_ensembles, then ML_* variables, then the "
+            "TOML file, else inference disabled (hot reload from Postgres when DB_HOST is set)"
+        ),
+    ] = None,
+    no_models: Annotated[
+        bool, typer.Option("--no-models", help="inference disabled: validate and dead-letter only")
+    ] = False,
+    group: Annotated[str | None, typer.Option(help="consumer group [env KAFKA_GROUP_ID]")] = None,
+    fetch_max_wait_ms: Annotated[
+        int | None, typer.Option(help="[env KAFKA_FETCH_MAX_WAIT_MS, default 5]")
+    ] = None,
+    session_timeout_ms: Annotated[
+        int, typer.Option(help="a member silent this long is dropped from the group")
+    ] = 10_000,
+    partitions: Annotated[int, typer.Option(help=_TOPICS_HELP)] = 0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="serve /metrics, /healthz and /readyz on this port (0 picks a free one and "
+            "logs it) [env METRICS_PORT]"
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="address the metrics server binds")] = "0.0.0.0",
+    log_format: Annotated[
+        str | None, typer.Option(help="plain or json [env LOG_FORMAT, default plain]")
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error (debug includes aiokafka's)")
+    ] = "info",
+) -> None:
+    """The service: candles topic -> features -> ensemble -> predictions topic (at-least-once).
+
+    Waits for the broker when it cannot be reached at start (not ready meanwhile). Stops on
+    SIGTERM / SIGINT after publishing and committing what is in flight, and logs one summary
+    line.
+    """
+    from stream_infer.config import ServiceSettings
+    from stream_infer.ops import configure_logging
+
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"--log-level must be debug, info, warning or error, not {log_level!r}")
+    if log_format is not None and log_format not in ("plain", "json"):
+        raise ConfigError(f"--log-format must be plain or json, not {log_format!r}")
+    settings = ServiceSettings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"metrics_port": metrics_port})
+    overrides: dict[str, Any] = {}
+    if bootstrap:
+        overrides["kafka_bootstrap_servers"] = bootstrap
+    if group:
+        overrides["kafka_group_id"] = group
+    if fetch_max_wait_ms is not None:
+        overrides["kafka_fetch_max_wait_ms"] = fetch_max_wait_ms
+    if overrides:
+        settings = settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update=overrides)}
+        )
+    configure_logging(log_format or settings.log_format, level)  # type: ignore[arg-type]
+    if level == "DEBUG":
+        logging.getLogger("aiokafka").setLevel(logging.DEBUG)
+    if not no_models:
+        from stream_infer.models import tune_malloc
+
+        tune_malloc()  # batched model calls without page faults per call (speed only)
+    static: Any = None
+    if models is not None and not no_models:
+        static = _load_models(models, settings.ml_device)
+    _event_loop()
+    asyncio.run(
+        _serve(
+            settings,
+            static,
+            configured=models is None and not no_models,
+            partitions=partitions,
+            session_timeout_ms=session_timeout_ms,
+            metrics_host=metrics_host,
+        )
+    )
+
+
+def _load_models(path: Path, device: str) -> Any:
+    if not path.exists():
+        raise ConfigError(
+            f"no ensemble at {path}: pass --models DIR (or --no-models to run without inference)",
+            path=str(path),
+        )
+    import orjson
+
+    from stream_infer.models import load_ensemble
+
+    # Named as replay and the configuration name a file-configured ensemble: file:<version>.
+    try:
+        version = orjson.loads((path / "manifest.json").read_bytes()).get("version")
+    except (OSError, ValueError, AttributeError):
+        version = None  # load_ensemble names the problem
+    return load_ensemble(path, device=device, ensemble_id=f"file:{version}" if version else "file")
+
+
+async def _serve(
+    settings: Any,
+    static: Any,
+    *,
+    configured: bool,
+    partitions: int,
+    session_timeout_ms: int,
+    metrics_host: str = "0.0.0.0",
+) -> None:
+    from stream_infer.kafka import Service, create_topics
+    from stream_infer.ops import Metrics, OpsServer
+    from stream_infer.pipeline import Pipeline
+
+    kafka = settings.kafka
+    if partitions > 0:
+        await create_topics(
+            kafka.kafka_bootstrap_servers,
+            dict.fromkeys(
+                (kafka.kafka_candles_topic, kafka.kafka_predictions_topic, kafka.kafka_dlq_topic),
+                partitions,
+            ),
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        metrics = Metrics()
+        provider: Any = None
+        on_batch: Any = None
+        ensemble = static
+        # /readyz wants a model unless inference is disabled by configuration.
+        model_required: Any = static is not None
+        if configured:
+            from stream_infer.reload import EnsembleRuntime
+
+            rt = await stack.enter_async_context(EnsembleRuntime(settings, metrics=metrics))
+            provider, on_batch, ensemble = rt.provider, rt.on_batch, rt.current
+            model_required = rt.model_required
+            metrics.add_callback(rt.collect_metrics)
+        service = Service(
+            Pipeline(ensemble, max_bytes=kafka.kafka_max_message_bytes),
+            kafka,
+            ensemble=provider,
+            on_batch=on_batch,
+            session_timeout_ms=session_timeout_ms,
+            metrics=metrics,
+            model_required=model_required,
+            start_timeout_s=None,  # a service waits for its broker (not ready meanwhile)
+        )
+        _install_stop(asyncio.get_running_loop(), service.request_stop)
+        if settings.metrics_port is not None:
+            ops = OpsServer(
+                metrics, lambda: service.serving, host=metrics_host, port=settings.metrics_port
+            )
+            await ops.start()
+            stack.push_async_callback(ops.close)
+        log.info(
+            "stream-infer run: %s -> %s (dlq %s), group %s, fetch_max_wait_ms=%d, ensemble %s",
+            kafka.kafka_candles_topic,
+            kafka.kafka_predictions_topic,
+            kafka.kafka_dlq_topic,
+            kafka.kafka_group_id,
+            kafka.kafka_fetch_max_wait_ms,
+            "disabled" if ensemble is None else f"{ensemble.ensemble_id}@{ensemble.version}",
+        )
+        await service.run()

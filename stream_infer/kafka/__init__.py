@@ -1,0 +1,45 @@
+"""Kafka edges: the embedded broker, producing candles, and the ``stream-infer run`` service loop.
+
+The pure core (``stream_infer.pipeline``) does the work; this package moves bytes and
+offsets: consumer group -> ``Pipeline.process`` -> producer -> commit. See docs/service.md.
+"""
+
+from __future__ import annotations
+
+from stream_infer.kafka._broker import EmbeddedBroker, free_port, tansu_binary, wait_for_broker
+from stream_infer.kafka._client import client_kwargs
+from stream_infer.kafka._history import HistoryResult, HistorySource, KafkaHistory, collect_history
+from stream_infer.kafka._produce import (
+    frame_candles,
+    klines_events,
+    make_producer,
+    produce_events,
+    produce_files,
+)
+from stream_infer.kafka._service import READY_INDEX, EnsembleProvider, Service, history_need
+from stream_infer.kafka._stats import LatencyWindow, Stats
+from stream_infer.kafka._topics import create_topics
+
+__all__ = [
+    "READY_INDEX",
+    "EmbeddedBroker",
+    "EnsembleProvider",
+    "HistoryResult",
+    "HistorySource",
+    "KafkaHistory",
+    "LatencyWindow",
+    "Service",
+    "Stats",
+    "client_kwargs",
+    "collect_history",
+    "create_topics",
+    "frame_candles",
+    "free_port",
+    "history_need",
+    "klines_events",
+    "make_producer",
+    "produce_events",
+    "produce_files",
+    "tansu_binary",
+    "wait_for_broker",
+]

@@ -1,0 +1,150 @@
+"""The service's Prometheus metrics, on a registry of their own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
+
+# Stages timed per batch; "end_to_end" is candle received -> prediction acknowledged.
+STAGES: tuple[str, ...] = ("decode", "features", "models", "produce", "end_to_end")
+
+# Sub-millisecond resolution where the service lives, seconds where a stall would show.
+_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
+
+
+class Metrics:
+    """All service metrics on one private registry (several services may share a process in tests).
+
+    The service updates them after each batch (``stream_infer.kafka.Service(metrics=...)``);
+    the reload manager counts reloads and sets the ensemble info.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.candles = Counter(
+            "stream_infer_candles_consumed", "Candle messages consumed.", registry=r
+        )
+        self.predictions = Counter(
+            "stream_infer_predictions_produced",
+            "Predictions acknowledged by the broker.",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "stream_infer_dead_letters",
+            "Messages sent to the dead-letter topic.",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "stream_infer_candles_skipped",
+            "Closed candles not part of a stream.",
+            ["why"],
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "stream_infer_stage_latency_seconds",
+            "Latency per stage (per batch; end_to_end per prediction).",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "stream_infer_consumer_lag",
+            "Records behind the end of each partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.streams = Gauge(
+            "stream_infer_streams_held", "(symbol, interval) streams in memory.", registry=r
+        )
+        self.ensemble_info = Gauge(
+            "stream_infer_ensemble_info",
+            "The serving ensemble (value 1).",
+            ["ensemble_id", "version"],
+            registry=r,
+        )
+        self.ensemble_loaded_at = Gauge(
+            "stream_infer_ensemble_loaded_timestamp_seconds",
+            "When the serving ensemble was swapped in.",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "stream_infer_reloads", "Hot reloads by result.", ["result"], registry=r
+        )
+        self.ready = Gauge(
+            "stream_infer_ready",
+            "1 when partitions are assigned and warm and a model is loaded.",
+            registry=r,
+        )
+        # What went wrong and what was done about it (docs/RELIABILITY.md's faults show here).
+        self.lag_seconds = Gauge(
+            "stream_infer_consumer_lag_seconds",
+            "Age of the newest record processed per partition (0 once a poll finds nothing new).",
+            ["partition"],
+            registry=r,
+        )
+        self.broker_errors = Counter(
+            "stream_infer_broker_errors",
+            "Kafka operations that failed and were retried, by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.broker_reachable = Gauge(
+            "stream_infer_broker_reachable",
+            "1 when the broker answered the last fetch or probe.",
+            registry=r,
+        )
+        self.commits = Counter("stream_infer_commits", "Offset commits that succeeded.", registry=r)
+        self.rebalances = Counter(
+            "stream_infer_rebalances", "Partition revocations (rebalances).", registry=r
+        )
+        self.rebuilds = Counter(
+            "stream_infer_partitions_rebuilt",
+            "Partitions whose streams were rebuilt from history.",
+            registry=r,
+        )
+        for stage in STAGES:
+            self.stage_latency.labels(stage)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        for op in ("connect", "fetch", "send", "commit", "history"):
+            self.broker_errors.labels(op)
+
+    def add_callback(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        """Also export what ``collect()`` returns at each scrape (numbers owned by another
+        object, e.g. the predictions sink's counters)."""
+
+        class _Callback:
+            def collect(self) -> Iterable[Metric]:
+                return collect()
+
+        self.registry.register(_Callback())
+
+    def set_ensemble(self, ensemble_id: str | None, version: str | None) -> None:
+        self.ensemble_info.clear()
+        if ensemble_id is not None:
+            self.ensemble_info.labels(ensemble_id, version or "").set(1)
+            self.ensemble_loaded_at.set(time.time())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,37 @@
+"""The pure, synchronous pipeline core: candle messages in, predictions and dead letters out.
+
+``Pipeline.process(batch)`` is what both the Kafka consumer (``stream-infer run``) and the
+offline twin (``stream-infer replay``) call; it does no I/O and reads no clock of its own.
+"""
+
+from __future__ import annotations
+
+from stream_infer.pipeline._pipeline import FeaturesFactory, Pipeline, wall_ms
+from stream_infer.pipeline._replay import ReplayStats, merged_candle_messages, replay_klines
+from stream_infer.pipeline._types import (
+    BatchResult,
+    Counts,
+    EnsembleLike,
+    EnsembleOutput,
+    FeatureStream,
+    Inbound,
+    StageTimes,
+    StreamState,
+)
+
+__all__ = [
+    "BatchResult",
+    "Counts",
+    "EnsembleLike",
+    "EnsembleOutput",
+    "FeatureStream",
+    "FeaturesFactory",
+    "Inbound",
+    "Pipeline",
+    "ReplayStats",
+    "StageTimes",
+    "StreamState",
+    "merged_candle_messages",
+    "replay_klines",
+    "wall_ms",
+]

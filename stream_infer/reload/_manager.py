@@ -1,0 +1,352 @@
+"""The serving ensemble, how it is chosen at start and how a new active row replaces it.
+
+Python twins of the seed's API: ``initialize(db, config_path) -> (config, manager)`` and
+``check_hot_reload(db, manager) -> bool``. A new ensemble is loaded and checked beside the
+old one, in a worker thread, and swapped in only when everything passed; a failure keeps
+the old one serving and marks the row so it is not tried again until another is activated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+
+from stream_infer._errors import ConfigError, DatabaseError, ModelError
+from stream_infer.config import (
+    EnsembleConfig,
+    ServiceSettings,
+    log_ensemble_config,
+    resolve_ensemble,
+)
+from stream_infer.config._ensemble import ActiveRow
+from stream_infer.db import Database, db_errors, fetch_active
+
+__all__ = [
+    "EnsembleLike",
+    "Loader",
+    "ModelManager",
+    "check_hot_reload",
+    "default_loader",
+    "initialize",
+    "load_checked",
+]
+
+log = logging.getLogger(__name__)
+
+
+class EnsembleLike(Protocol):
+    """What the manager needs of ``stream_infer.models.Ensemble``."""
+
+    @property
+    def ensemble_id(self) -> str: ...
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def horizons(self) -> Sequence[int]: ...
+    @property
+    def seq_len(self) -> int: ...
+    @property
+    def feature_version(self) -> int: ...
+    @property
+    def mamba_weight(self) -> float: ...
+    def check(self) -> Any: ...
+
+
+class Loader(Protocol):
+    """``stream_infer.models.load_ensemble``'s signature (the part the manager passes)."""
+
+    def __call__(
+        self,
+        model_dir: Path,
+        *,
+        device: str = ...,
+        mamba_weight: float | None = ...,
+        ensemble_id: str = ...,
+        version: str | None = ...,
+    ) -> EnsembleLike: ...
+
+
+SwapHook = Callable[[Any, EnsembleConfig], None]
+
+
+def default_loader() -> Loader:
+    """``stream_infer.models.load_ensemble``, imported on first use (it pulls in torch)."""
+    from stream_infer.models import load_ensemble
+
+    loader: Loader = load_ensemble
+    return loader
+
+
+def load_checked(
+    loader: Loader, config: EnsembleConfig, *, feature_version: int | None = None
+) -> EnsembleLike:
+    """Load the ensemble a configuration names and check it; ModelError/ConfigError if unfit.
+
+    Blocking (torch, onnxruntime): call it in a worker thread. Checks: the loader's own
+    (manifest, files, shapes), ``check()`` (finite, equal to the reference window), and
+    agreement with what the row promises and with the feature spec the service computes.
+    """
+    model_dir = config.model_dir
+    if model_dir is None:
+        raise ConfigError("no model directory configured")
+    ensemble = loader(
+        model_dir,
+        device=config.device,
+        mamba_weight=config.mamba_weight,
+        ensemble_id=config.ensemble_id or "file",
+        version=config.version,
+    )
+    ensemble.check()
+    expected = {
+        "feature_version": config.feature_version,
+        "horizons": config.horizons,
+        "seq_len": config.seq_len,
+    }
+    for name, want in expected.items():
+        got = getattr(ensemble, name)
+        if name == "horizons" and got is not None:
+            got = tuple(int(h) for h in got)
+        if want is not None and got != want:
+            raise ModelError(
+                f"the model's {name} is {got}, the active_ensembles row says {want}",
+                version=config.version,
+                path=str(model_dir),
+            )
+    if feature_version is not None and ensemble.feature_version != feature_version:
+        raise ModelError(
+            f"the model was trained on feature spec v{ensemble.feature_version}; this service "
+            f"computes v{feature_version}",
+            version=config.version,
+            path=str(model_dir),
+        )
+    return ensemble
+
+
+class ModelManager:
+    """Holds the serving ensemble (``current``) and its configuration; swaps atomically.
+
+    ``current`` is a plain reference: a reader takes it once per batch and uses that
+    object for the whole batch, so a swap lands between two batches. ``on_swap`` hooks
+    run before the reference changes; one that raises vetoes the swap (the old one stays).
+    """
+
+    def __init__(
+        self,
+        config: EnsembleConfig,
+        ensemble: Any | None = None,
+        *,
+        fallback: EnsembleConfig | None = None,
+        loader: Loader | None = None,
+        env: Mapping[str, str] | None = None,
+        toml_path: str | Path | None = None,
+        models_root: str | Path | None = None,
+        feature_version: int | None = None,
+        metrics: Any | None = None,
+    ) -> None:
+        self._config = config
+        self._current = ensemble
+        self.fallback = fallback if fallback is not None else config
+        self._loader = loader
+        self.env = dict(os.environ if env is None else env)
+        self.toml_path = toml_path
+        self.models_root = models_root
+        self.feature_version = feature_version
+        self.metrics = metrics
+        self.failed_ids: set[int] = set()
+        # The active row when its ensemble could not be loaded (None: it serves, or no row).
+        self.unloadable_row: int | None = None
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_error: str | None = None
+        self.swapped_at: float | None = None
+        # False while ``initialize`` makes the first choice; a success then is no "reload".
+        self.started = True
+        self._hooks: list[SwapHook] = []
+        self._lock = threading.Lock()
+        # One reload at a time: a NOTIFY and a poll must not load the same row twice.
+        self.reload_lock = asyncio.Lock()
+
+    @property
+    def current(self) -> Any | None:
+        """The serving ensemble, or None when inference is disabled."""
+        return self._current
+
+    @property
+    def config(self) -> EnsembleConfig:
+        return self._config
+
+    @property
+    def active_row_id(self) -> int | None:
+        """The ``active_ensembles.id`` being served (None: environment/TOML/disabled)."""
+        return self._config.row_id
+
+    @property
+    def model_required(self) -> bool:
+        """Whether a model should be serving: the configuration in force enables inference,
+        or the active database row asks for one that could not be loaded. While this is true
+        and ``current`` is None the service must not consume (it would commit candles it
+        cannot predict)."""
+        return self._config.enabled or self.unloadable_row is not None
+
+    @property
+    def loader(self) -> Loader:
+        if self._loader is None:
+            self._loader = default_loader()
+        return self._loader
+
+    def on_swap(self, hook: SwapHook) -> None:
+        """Call ``hook(ensemble, config)`` on every swap (e.g. the service's ``pipeline.swap``)."""
+        self._hooks.append(hook)
+
+    def swap(self, ensemble: Any | None, config: EnsembleConfig) -> Any | None:
+        """Make ``ensemble`` the serving one; returns the previous. Hooks may veto by raising."""
+        with self._lock:
+            for hook in self._hooks:
+                hook(ensemble, config)
+            old, self._current, self._config = self._current, ensemble, config
+            self.swapped_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.set_ensemble(
+                None if ensemble is None else str(config.ensemble_id), config.version
+            )
+        log.info(
+            "serving ensemble %s (version %s, from %s)",
+            config.ensemble_id,
+            config.version,
+            config.source,
+        )
+        return old
+
+    def resolve(self, row: ActiveRow | None) -> EnsembleConfig:
+        return resolve_ensemble(
+            row, env=self.env, toml_path=self.toml_path, models_root=self.models_root
+        )
+
+    def count(self, ok: bool, error: str | None = None) -> None:
+        if ok:
+            if not self.started:
+                return  # the first load is not a reload
+            self.reloads_ok += 1
+        else:
+            self.reloads_failed += 1
+            self.last_error = error
+        if self.metrics is not None:
+            self.metrics.reloads.labels("ok" if ok else "failed").inc()
+
+    async def load(self, config: EnsembleConfig) -> EnsembleLike:
+        """``load_checked`` in a worker thread, so the event loop keeps serving meanwhile."""
+        return await asyncio.to_thread(
+            load_checked, self.loader, config, feature_version=self.feature_version
+        )
+
+
+async def _read_active(db: Database | asyncpg.Connection, timeout: float | None) -> Any:
+    with db_errors("read the active ensemble"):
+        async with asyncio.timeout(timeout):
+            if isinstance(db, Database):
+                async with db.acquire() as conn:
+                    return await fetch_active(conn)
+            return await fetch_active(db)
+
+
+async def check_hot_reload(
+    db: Database | asyncpg.Connection, manager: ModelManager, *, read_timeout: float | None = 10.0
+) -> bool:
+    """Swap in the active row's ensemble if it changed; True when a swap happened.
+
+    DatabaseError when Postgres cannot be read (the caller retries). A row whose models do
+    not load or check is logged, counted, remembered and left alone until another row is
+    activated; the old ensemble keeps serving. No active row any more: back to the
+    environment/TOML configuration resolved at start.
+    """
+    async with manager.reload_lock:
+        row = await _read_active(db, read_timeout)
+        target = None if row is None else row.id
+        if target in manager.failed_ids:
+            manager.unloadable_row = target
+        if target == manager.active_row_id or (target is not None and target in manager.failed_ids):
+            return False
+        started = time.monotonic()
+        try:
+            config = manager.fallback if row is None else manager.resolve(row)
+            if row is None:
+                log.info("no active ensemble row any more: back to %s config", config.source)
+            ensemble = await manager.load(config) if config.enabled else None
+            manager.swap(ensemble, config)
+        except Exception as exc:
+            # Whatever a bad row, file or hook raises (torch and onnxruntime have their own
+            # errors): the old ensemble keeps serving and this row is not tried again.
+            if target is not None:
+                manager.failed_ids.add(target)
+                manager.unloadable_row = target
+            message = f"{type(exc).__name__}: {exc}"
+            manager.count(False, message)
+            log.error(
+                "hot reload to ensemble row %s failed, the current one keeps serving: %s",
+                target,
+                message,
+            )
+            return False
+        manager.unloadable_row = None
+        manager.count(True)
+        log.info("hot reload to row %s done in %.0f ms", target, 1e3 * (time.monotonic() - started))
+        return True
+
+
+async def initialize(
+    db: Database | None,
+    config_path: str | Path | None,
+    *,
+    settings: ServiceSettings | None = None,
+    env: Mapping[str, str] | None = None,
+    loader: Loader | None = None,
+    feature_version: int | None = None,
+    metrics: Any | None = None,
+    db_timeout: float = 3.0,
+) -> tuple[EnsembleConfig, ModelManager]:
+    """Resolve the configuration, load the ensemble it names, return (config, manager).
+
+    The database comes first. When it cannot be reached within ``db_timeout`` s, or its
+    active row does not load, the environment/TOML configuration serves (the Reloader
+    keeps trying the database in the background). A broken environment/TOML model is
+    an error here (ModelError/ConfigError): it is the operator's own configuration.
+    """
+    settings = settings or ServiceSettings()
+    env = os.environ if env is None else env
+    models_root = settings.models_root
+    fallback = resolve_ensemble(None, env=env, toml_path=config_path, models_root=models_root)
+    manager = ModelManager(
+        fallback,
+        fallback=fallback,
+        loader=loader,
+        env=env,
+        toml_path=config_path,
+        models_root=models_root,
+        feature_version=feature_version,
+        metrics=metrics,
+    )
+    manager.started = False
+    if db is not None:
+        try:
+            await check_hot_reload(db, manager, read_timeout=db_timeout)
+        except DatabaseError as exc:
+            log.warning(
+                "Postgres (%s) unavailable at start (%s); serving the %s configuration and "
+                "retrying the database in the background",
+                db.dsn,
+                exc,
+                fallback.source,
+            )
+    if manager.active_row_id is None and fallback.enabled and manager.current is None:
+        manager.swap(await manager.load(fallback), fallback)
+    manager.started = True
+    log_ensemble_config(manager.config)
+    return manager.config, manager

@@ -1,0 +1,139 @@
+"""Smoke tests of the benchmark harness: each benchmark runs at tiny sizes and writes what it
+says (keys present, numbers finite and consistent). Timing targets are never checked here:
+they are what ``stream-infer bench`` measures (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from stream_infer.cli import app
+from stream_infer.cli._bench import BENCH_DIR, render, rows
+
+sys.path.insert(0, str(BENCH_DIR))
+
+
+def _finite(x: Any, *path: str) -> float:
+    for p in path:
+        x = x[p]
+    assert isinstance(x, int | float) and math.isfinite(x), (path, x)
+    return float(x)
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> Iterator[str]:
+    from stream_infer.kafka import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.mark.services  # the naive baseline uses the real Postgres server
+def test_bench_cli_writes_json_and_table(tmp_path: Path) -> None:
+    out, md = tmp_path / "r.json", tmp_path / "B.md"
+    args = ["bench", "--quick", "--only", "features", "--only", "naive"]
+    r = CliRunner().invoke(app, [*args, "--out", str(out), "--markdown", str(md)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["quick"] is True and res["machine"]["cores"] >= 1
+    assert set(res) >= {"machine", "features", "naive"} and "memory" not in res
+    assert _finite(res, "features", "stream_update_us_median") > 0
+    naive = res["naive"]
+    assert _finite(naive, "naive_median_us") > _finite(naive, "ours_median_us") > 0
+    assert _finite(naive, "ratio") == pytest.approx(
+        naive["naive_median_us"] / naive["ours_median_us"], rel=0.01
+    )
+    assert set(naive["naive_median_us_by_step"]) == {"db", "frame", "features", "model"}
+    # the baseline computes the same features as ours (it is slow, not wrong)
+    assert naive["baseline_features_max_rel_diff"] < 1e-6
+    table = md.read_text()
+    assert "| (1) feature update per candle | StreamingFeatures.update, warm, µs |" in table
+    assert f"{res['machine']['cores']} cores" in table and "mode: quick" in table
+    assert "| (6) memory" not in table  # not run, no row
+
+
+@pytest.mark.services
+def test_burst_and_throughput_tiny(bootstrap: str) -> None:
+    import bench_burst
+    import bench_throughput
+
+    b = bench_burst.run(sizes=(3, 8), trials=1, bootstrap=bootstrap)
+    for n in ("3", "8"):
+        assert _finite(b, "core", n, "total", "median_ms") > 0
+        assert _finite(b, "broker", n, "last_in_to_last_out", "median_ms") > 0
+        first = _finite(b, "broker", n, "first_in_to_last_out", "median_ms")
+        assert first >= b["broker"][n]["last_in_to_last_out"]["median_ms"]
+    assert b["broker"]["service"]["predictions"] == 3 + 8
+    t = bench_throughput.run(symbols=4, per_symbol=5, bootstrap=bootstrap)
+    assert t["broker"]["backlog_candles"] == t["core"]["candles"] == 20
+    assert t["broker"]["service"]["predictions"] == 20
+    assert _finite(t, "broker", "candles_per_s") > 0 and _finite(t, "core", "candles_per_s") > 0
+    assert set(t["core"]["us_per_candle"]) == {"total", "decode", "features", "model"}
+
+
+def test_memory_tiny() -> None:
+    import bench_memory
+
+    m = bench_memory.run((40,), trace_streams=10)
+    (one,) = m["results"]
+    assert one["streams"] == one["ready_streams"] == 40
+    assert _finite(one, "kb_per_stream") > 0
+    where = m["where"]
+    assert where["traced_streams"] == 10 and where["top_sites"]
+    # a ready stream keeps seq_len feature rows: the biggest single part of it
+    parts = where["one_stream_bytes_by_attribute"]
+    assert max(parts, key=parts.get) == "_rows" and parts["_rows"] >= 64 * 27 * 8
+
+
+def test_unknown_benchmark_is_one_clear_error(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["bench", "--only", "nope", "--out", str(tmp_path / "x.json")])
+    assert r.exit_code != 0
+    assert "unknown benchmark" in str(r.exception)
+
+
+def test_table_marks_misses_and_passes() -> None:
+    res = {
+        "machine": {
+            "cpu": "x",
+            "cores": 2,
+            "memory_gib": 1,
+            "python": "3.11",
+            "torch": "t",
+            "onnxruntime": "o",
+            "date": "d",
+            "load_avg_1m": 0.0,
+        },
+        "quick": False,
+        "e2e": {"single": [{"fetch_max_wait_ms": 5, "median_ms": 7.0, "p99_ms": 12.0}]},
+        "burst": {"broker": {"100": {"last_in_to_last_out": {"median_ms": 90.0, "p99_ms": 99}}}},
+        "memory": {"results": [{"streams": 1000, "kb_per_stream": 40.0}]},
+        "naive": {"ratio": 30.0, "naive_median_us": 20000.0},
+        "throughput": {"skipped": "the Kafka service is not there yet"},
+    }
+    table = render(res)
+    assert "| 7.00 | 12.00 | median <= 5 ms, p99 <= 25 ms | **no** |" in table
+    assert "| 90.0 | 99.0 | <= 150 ms | yes |" in table
+    assert (
+        "| (6) memory, 1,000 warm streams | RSS beyond the baseline, KB per stream | 40.0 |"
+        in table
+    )
+    assert (
+        "| ratio of medians, one candle at a time (no broker), x | 30.0 |  | >= 20x | yes |"
+        in table
+    )
+    assert (
+        "| (5) sustained throughput | full inference through the broker, candles/s | not run |"
+        in table
+    )
+    assert "throughput: skipped (the Kafka service is not there yet)" in table
+    # through the broker: 20 ms naive / 7 ms ours
+    ratio = next(r for r in rows(res) if "ours through the broker" in r.metric)
+    assert ratio.median == pytest.approx(20 / 7, abs=0.05)
