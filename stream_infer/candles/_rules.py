@@ -82,7 +82,7 @@ def check_candle(candle: Any, *, row: int | None = None) -> None:
             and 0.0 <= g("taker_buy_quote") < _INF
             and type(n) is int
             and n >= 0
-            and (s is None or 0.0 <= s < _INF)
+            and (s is None or 0.0 <= s < _INF or s != s)  # NaN spread: absent
         ):
             return
     except TypeError:

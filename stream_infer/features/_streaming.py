@@ -2,7 +2,8 @@
 
 Window moments come from ``Moments`` (running shifted sums with a rounding-error bound and an
 exact two-pass fallback, see _moments.py); plain window sums are Python's ``sum`` over a
-bounded deque, oldest first, the batch path's order. The recursions (EMA, Wilder) and the
+bounded deque, oldest first, the batch path's order. Closes are kept unboxed in a 61-slot
+circular array (memory: thousands of streams). The recursions (EMA, Wilder) and the
 per-candle formulas use the batch loop's operations in the same order, so they are
 bit-identical to it.
 """
@@ -10,6 +11,7 @@ bit-identical to it.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -44,6 +46,7 @@ _NAN = math.nan
 _fromiter = np.fromiter
 _F64 = np.dtype(np.float64)
 _READY = Outcome.READY
+_NC = 61  # closes kept: the newest and 60 back (ret_60)
 _WARMING = Outcome.WARMING
 
 
@@ -69,6 +72,7 @@ class StreamingFeatures:
         "_c",
         "_c20",
         "_c61",
+        "_ci",
         "_e12",
         "_e26",
         "_gain",
@@ -115,7 +119,8 @@ class StreamingFeatures:
         self._c = self._h = self._l = self._rng = _NAN
         self._e12 = self._e26 = self._sig = _NAN
         self._gain = self._loss = self._atr = _NAN
-        self._c61: deque[float] = deque(maxlen=61)
+        self._c61 = array("d", bytes(8 * _NC))
+        self._ci = 0  # next slot of _c61 to write; it holds the newest close at _ci - 1
         self._v15: deque[float] = deque(maxlen=15)
         self._q15: deque[float] = deque(maxlen=15)
         self._i15: deque[float] = deque(maxlen=15)
@@ -308,8 +313,10 @@ class StreamingFeatures:
         self._gain = gain
         self._loss = loss
         self._atr = atr
-        c61 = self._c61
-        c61.append(c)
+        cb = self._c61
+        j = self._ci  # newest close's slot
+        cb[j] = c
+        self._ci = 0 if j == _NC - 1 else j + 1
         self._c20.push(c)
         self._lv60.push(_log1p(v))
         self._s60.push(s)
@@ -325,12 +332,13 @@ class StreamingFeatures:
         sv = sum(self._v15)
         mv = sv / 15
         den = sum(self._ad10)
+        # _c61 is full here (t >= WARMUP - 1 > 61): the close k candles back is at j - k
         vec = _fromiter(
             (
                 r,
-                _ln(c / c61[-6]),
-                _ln(c / c61[-16]),
-                _ln(c / c61[0]),
+                _ln(c / cb[(j - 5) % _NC]),
+                _ln(c / cb[(j - 15) % _NC]),
+                _ln(c / cb[(j + 1) % _NC]),
                 self._r15.std(),
                 self._r60.std(),
                 rng,
@@ -353,7 +361,7 @@ class StreamingFeatures:
                 self._ln60.z(),
                 self._a60.dev(),
                 0.0 if sv == 0.0 else (_ln(c / vw) if (vw := sum(self._q15) / sv) > 0.0 else _INF),
-                0.0 if den == 0.0 else abs(c - c61[-11]) / den,
+                0.0 if den == 0.0 else abs(c - cb[(j - 10) % _NC]) / den,
             ),
             _F64,
             N_FEATURES,

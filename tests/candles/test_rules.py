@@ -6,9 +6,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_infer import InvalidCandle
 from stream_infer.candles import RULES, check_candle, check_frame, read_klines
+from stream_infer.candles._rules import _name_the_rule
 from tests.conftest import DATA
 
 GOOD: dict[str, Any] = {
@@ -93,3 +96,34 @@ def test_read_klines_names_the_bad_row(tmp_path: Any) -> None:
         read_klines(bad)
     # data row 7 is line 9 of the file: the header is line 1
     assert err.value.rule == "high_bound" and err.value.row == 9 and err.value.path == str(bad)
+
+
+_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base")
+_ANY_NUMBER = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1.0, 99.0, 100.0, 101.0, 1e-300]),
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from(_FIELDS), _ANY_NUMBER, max_size=4),
+    st.one_of(st.none(), st.just(math.nan), _ANY_NUMBER),
+    st.one_of(st.integers(-2, 10), st.floats(allow_nan=True)),
+)
+def test_fast_path_agrees_with_the_rule_by_rule_check(
+    change: dict[str, float], spread: float | None, trades: Any
+) -> None:
+    """``check_candle``'s one-comparison fast path accepts exactly what the rules accept
+    (NaN spread means absent in both)."""
+    candle = {**GOOD, **change, "spread_bps": spread, "trades": trades}
+    try:
+        check_candle(candle)
+        fast_ok = True
+    except InvalidCandle:
+        fast_ok = False
+    try:
+        _name_the_rule(candle.get, None)
+        rules_ok = True
+    except InvalidCandle:
+        rules_ok = False
+    assert fast_ok == rules_ok, candle

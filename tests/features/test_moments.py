@@ -86,3 +86,15 @@ def test_near_flat_large_magnitude_z() -> None:
     sd, z, _ = exact(xs[-20:])
     assert close(m.z(), z, 1e-12) and rel_close(m.std(), sd, 1e-12)
     assert abs(z) > 0.1
+
+
+@given(st.integers(2, 70), st.lists(st.floats(-1e9, 1e9), min_size=0, max_size=300))
+def test_window_holds_the_last_n_values_oldest_first(n: int, xs: list[float]) -> None:
+    """The circular buffer wraps for every push count, live sums or not."""
+    m = Moments(n)
+    for i, x in enumerate(xs):
+        m.push(x)
+        assert list(m.window()) == xs[max(0, i + 1 - n) : i + 1]
+        assert m.full == (i + 1 >= n)
+        if m.full and i % 7 == 0:
+            m.exact()  # turns the running sums on: push takes its other branch from here
