@@ -126,9 +126,12 @@ class MambaBlock(nn.Module):
         self.last_only = last_only
         self.norm = nn.LayerNorm(cfg.d_model)
         self.in_proj = nn.Linear(cfg.d_model, 2 * d_inner, bias=False)
+        # The module holds the weights (their names are the export format); forward runs
+        # them through _causal_conv.
         self.conv = nn.Conv1d(
             d_inner, d_inner, cfg.d_conv, groups=d_inner, padding=cfg.d_conv - 1, bias=True
         )
+        self.d_conv = cfg.d_conv
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * cfg.d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
         a = torch.arange(1, cfg.d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
@@ -149,11 +152,26 @@ class MambaBlock(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
+    def _causal_conv(self, x: Tensor) -> Tensor:
+        """The depthwise causal conv of ``self.conv`` as d_conv shifted multiply-adds, (B, E, L)
+        in and out. The same sums as ``nn.Conv1d``; at batch 1 on CPU the oneDNN convolution
+        costs more than the whole rest of a block (docs/models.md, Speed)."""
+        seq = x.shape[-1]
+        k = self.d_conv
+        xp = F.pad(x, (k - 1, 0))
+        w = self.conv.weight.squeeze(1)  # (E, k)
+        bias = self.conv.bias
+        assert bias is not None
+        out = bias.unsqueeze(-1) + w[:, 0:1] * xp[:, :, 0:seq]
+        for j in range(1, k):
+            out = out + w[:, j : j + 1] * xp[:, :, j : j + seq]
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         seq = x.shape[1]
         xz = self.in_proj(self.norm(x))
         xi, z = xz.split([self.d_inner, self.d_inner], dim=-1)
-        xi = F.silu(self.conv(xi.transpose(1, 2))[:, :, :seq])  # (B, E, L)
+        xi = F.silu(self._causal_conv(xi.transpose(1, 2)))  # (B, E, L)
         dbc = self.x_proj(xi.transpose(1, 2))
         dt, bm, cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = torch.clamp(F.softplus(self.dt_proj(dt)), max=self.delta_max)
