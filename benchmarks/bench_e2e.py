@@ -6,6 +6,8 @@ process; this process produces candles and consumes predictions, timing both on 
 
 * single: one symbol, warm, one candle at a time: each candle's produce call -> its
   prediction read by a consumer here. Two broker hops (candle in, prediction out).
+* single floor: single once more with a model that costs nothing (same service, same
+  features and Kafka path): what the broker hops and the service's I/O take on their own.
 * burst: ``symbols`` warm symbols close a minute at once: the last candle of the burst
   acknowledged by the broker -> the last of its predictions read here.
 
@@ -65,6 +67,24 @@ _SERVICE_KEYS = (
 # -- the service, in a child process ------------------------------------------------------
 
 
+class _FreeModel:
+    """The committed ensemble's shape with outputs that cost nothing: the service floor
+    (decode, features, Kafka in and out) without model compute."""
+
+    def __init__(self, real: Any) -> None:
+        self.ensemble_id = "floor"
+        self.version = "floor"
+        self.horizons = real.horizons
+        self.seq_len = real.seq_len
+        self.feature_version = real.feature_version
+
+    def predict(self, windows: np.ndarray) -> Any:
+        from types import SimpleNamespace
+
+        p = np.full((windows.shape[0], len(self.horizons)), 0.5)
+        return SimpleNamespace(probabilities=p, confidences=p * 0.0, mamba=p, lgbm=p)
+
+
 def _service_main(
     settings: dict[str, Any], models: str, use_uvloop: bool, ready: Any, out: Any
 ) -> None:
@@ -80,7 +100,10 @@ def _service_main(
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    ensemble = load_ensemble(models, ensemble_id="bench")
+    free = models.startswith("floor:")
+    ensemble: Any = load_ensemble(models.removeprefix("floor:"), ensemble_id="bench")
+    if free:
+        ensemble = _FreeModel(ensemble)
 
     async def main() -> None:
         service = Service(Pipeline(ensemble), KafkaSettings(**settings))
@@ -96,13 +119,15 @@ def _service_main(
 
 
 @contextlib.contextmanager
-def _service(settings: KafkaSettings, models: Path, use_uvloop: bool) -> Any:
+def _service(settings: KafkaSettings, models: Path, use_uvloop: bool, floor: bool = False) -> Any:
     ctx = mp.get_context("spawn")
     ready, out = ctx.Event(), ctx.Queue()
     kw = settings.model_dump(mode="python")
     kw = {k: v for k, v in kw.items() if v is not None and not k.endswith("password")}
     proc = ctx.Process(
-        target=_service_main, args=(kw, str(models), use_uvloop, ready, out), daemon=True
+        target=_service_main,
+        args=(kw, ("floor:" if floor else "") + str(models), use_uvloop, ready, out),
+        daemon=True,
     )
     proc.start()
     result: dict[str, Any] = {}
@@ -240,7 +265,12 @@ def _summary(ms: list[float]) -> dict[str, float]:
 
 
 async def _single(
-    bootstrap: str, models: Path, n: int, fetch_max_wait_ms: int, use_uvloop: bool
+    bootstrap: str,
+    models: Path,
+    n: int,
+    fetch_max_wait_ms: int,
+    use_uvloop: bool,
+    floor: bool = False,
 ) -> dict[str, Any]:
     s = await _topics(bootstrap, "single", fetch_max_wait_ms)
     history = READY_INDEX + _seq_len(models) - 1
@@ -251,7 +281,7 @@ async def _single(
         [(b"BTCUSDT", _event(r, "BTCUSDT", i)) for i, r in enumerate(rows[:history])],
     )
     lat: list[float] = []
-    with _service(s, models, use_uvloop) as service_stats:
+    with _service(s, models, use_uvloop, floor) as service_stats:
         await _wait_committed(s, history)
         consumer = await _consumer(bootstrap, s.kafka_predictions_topic, fetch_max_wait_ms)
         producer = make_producer(bootstrap)
@@ -367,8 +397,10 @@ def run(
     bursts: int = 5,
     fetch_max_wait_ms: tuple[int, ...] = (5, 1),
     uvloop_modes: tuple[bool, ...] = (True, False),
+    floor: bool = True,
 ) -> dict[str, Any]:
-    """Both scenarios; single for each fetch wait x event loop, burst with the first of each."""
+    """Both scenarios; single for each fetch wait x event loop, burst with the first of each.
+    ``floor``: single once more with a model that costs nothing (``single_floor``)."""
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if bootstrap is None:
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
@@ -387,6 +419,17 @@ def run(
             for loop in uvloop_modes:
                 r = asyncio.run(_single(bootstrap, model_dir, single, wait, loop))
                 res["single"].append({"fetch_max_wait_ms": wait, "uvloop": loop, **r})
+        if floor:
+            # the same path with a model that costs nothing: what the broker and the
+            # service's I/O take on their own (the last fetch wait, the first loop)
+            r = asyncio.run(
+                _single(bootstrap, model_dir, single, fetch_max_wait_ms[-1], uvloop_modes[0], True)
+            )
+            res["single_floor"] = {
+                "fetch_max_wait_ms": fetch_max_wait_ms[-1],
+                "uvloop": uvloop_modes[0],
+                **r,
+            }
         res["burst"] = {
             "fetch_max_wait_ms": fetch_max_wait_ms[0],
             "uvloop": uvloop_modes[0],
@@ -427,6 +470,12 @@ def report(res: dict[str, Any]) -> str:
             f"  fetch_max_wait_ms={r['fetch_max_wait_ms']} uvloop={r['uvloop']}: "
             f"median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms "
             f"(n={r['n']})"
+        )
+    fl = res.get("single_floor")
+    if fl:
+        lines.append(
+            f"  floor, a model that costs nothing (fetch_max_wait_ms={fl['fetch_max_wait_ms']}): "
+            f"median {fl['median_ms']:.2f} ms, p99 {fl['p99_ms']:.2f} ms (n={fl['n']})"
         )
     b = res["burst"]
     lines.append(

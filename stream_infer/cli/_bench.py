@@ -201,6 +201,18 @@ def rows(r: dict[str, Any]) -> list[Row]:
                 ",.2f",
             )
         )
+    fl = e.get("single_floor") or {}
+    if fl:
+        out.append(
+            Row(
+                "(3) one symbol end to end",
+                f"the same with a model that costs nothing (broker + service I/O), ms; "
+                f"fetch wait {fl.get('fetch_max_wait_ms')} ms",
+                _get(fl, "median_ms"),
+                _get(fl, "p99_ms"),
+                fmt=",.2f",
+            )
+        )
     burst = r.get("burst") or {}
     for n, target in ((100, 150.0), (1000, 1000.0)):
         bk = (burst.get("broker") or {}).get(str(n)) or {}
