@@ -99,3 +99,30 @@ async def test_migrate_is_one_transaction(pg_settings: DatabaseSettings) -> None
             assert await _tables(conn) == {"candles"}
     finally:
         await db.close()
+
+
+def test_migrate_command_creates_then_reports_up_to_date(
+    pg_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from stream_infer.cli import app
+
+    for k, v in {
+        "DB_HOST": pg_settings.host,
+        "DB_PORT": str(pg_settings.port),
+        "DB_NAME": pg_settings.name,
+        "DB_USER": pg_settings.user,
+        "DB_SSLMODE": "disable",
+    }.items():
+        monkeypatch.setenv(k, v)
+    runner = CliRunner()
+    first = runner.invoke(app, ["db", "migrate"])
+    assert first.exit_code == 0, first.output
+    assert f"schema version {SCHEMA_VERSION}; applied: 1" in first.output
+    second = runner.invoke(app, ["db", "migrate"])
+    assert second.exit_code == 0, second.output
+    assert "applied: none (up to date)" in second.output
+    monkeypatch.setenv("DB_PORT", "1")  # nothing listens there: a DatabaseError (main()
+    down = runner.invoke(app, ["db", "migrate"])  # prints it as one line), exit code 1
+    assert down.exit_code == 1 and isinstance(down.exception, DatabaseError), down.output
