@@ -67,6 +67,7 @@ class Reloader:
         self._notified_at: float | None = None
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def reloads_ok(self) -> int:
@@ -78,9 +79,13 @@ class Reloader:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="ensemble-reloader")
 
     async def stop(self) -> None:
+        # The flag, not only the cancel: a cancel that lands as a wait completes can be
+        # swallowed (asyncio.wait_for on 3.11), and the loop would then run on forever.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,7 +134,7 @@ class Reloader:
 
     async def _run(self) -> None:
         first = True
-        while True:
+        while not self._stopping:
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._lost.clear()
@@ -150,7 +155,8 @@ class Reloader:
                     self.last_latency_s = time.monotonic() - notified_at
                     log.info("reload %.0f ms after NOTIFY", 1e3 * self.last_latency_s)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
                 if self._lost.is_set():
                     raise DatabaseError("reloader connection lost")
             except Exception as exc:

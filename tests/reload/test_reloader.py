@@ -336,3 +336,31 @@ async def test_concurrent_checks_load_once(pg_db: Database, tmp_path: Path) -> N
     checks: list[Awaitable[bool]] = [check_hot_reload(pg_db, manager) for _ in range(4)]
     assert sorted(await asyncio.gather(*checks)) == [False, False, False, True]
     assert loader.calls.count(d) == 1
+
+
+async def test_stop_returns_even_if_a_cancel_is_swallowed(
+    pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio.wait_for on 3.11 can swallow a cancel that lands as its wait completes (seen
+    as a test hung in stop() with the reloader still polling); stop() must not rely on the
+    cancel alone. Here every check swallows the cancel, the worst case of that race."""
+    import stream_infer.reload._reloader as mod
+
+    real = mod.check_hot_reload
+    swallowed = 0
+
+    async def stubborn(*args: Any, **kw: Any) -> bool:
+        nonlocal swallowed
+        try:
+            await asyncio.sleep(0.5)  # stop() below lands in here
+        except asyncio.CancelledError:
+            swallowed += 1
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(mod, "check_hot_reload", stubborn)
+    _, reloader = await _started(pg_db, tmp_path, FakeLoader(), poll_s=0.01)
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(asyncio.shield(reloader.stop()), 5)
+    assert swallowed >= 1, "the test did not exercise a swallowed cancel"
+    assert reloader._task is None
