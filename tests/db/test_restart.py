@@ -26,7 +26,7 @@ from stream_infer.reload import Reloader, initialize
 from tests.db.test_sink import _pred
 from tests.reload._fakes import FakeLoader, make_model_dir, row_paths
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 

@@ -116,6 +116,7 @@ async def test_end_to_end_one_prediction_per_ready_candle_equal_to_replay(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 async def test_end_to_end_three_real_months(
     kafka_broker: KafkaBroker, kafka_topics: TopicsFactory, ensemble: Any
 ) -> None:

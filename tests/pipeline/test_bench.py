@@ -18,7 +18,7 @@ from tests.events.test_candle_codec import KLINE, OURS
 from tests.events.test_prediction_dead_letter import FIELDS
 from tests.pipeline.fakes import FakeEnsemble, FakeResult
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def median_us(f: Callable[[], object], number: int, repeat: int = 7) -> float:

@@ -128,6 +128,7 @@ async def test_sigkill_at_random_points_of_bursts(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 async def test_sigkill_at_random_points_of_bursts_many(
     kafka_topics: TopicsFactory, ensemble_dir: Path, file_ensemble: Any, tmp_path: Path
 ) -> None:
