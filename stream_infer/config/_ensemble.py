@@ -34,6 +34,7 @@ __all__ = [
     "ActiveRow",
     "EnsembleConfig",
     "Source",
+    "check_dir_under_root",
     "check_under_root",
     "default_models_root",
     "log_ensemble_config",
@@ -151,6 +152,28 @@ def check_under_root(path: str, root: str | Path, *, what: str = "path") -> Path
             path=path,
         )
     return real
+
+
+def check_dir_under_root(directory: str | Path, root: str | Path, *, what: str = "path") -> None:
+    """Every entry of ``directory`` lies under ``root`` after following symlinks; ConfigError
+    otherwise. The runtime opens the files of a model directory by their fixed names, so a
+    symlink in it (say ``lgbm_h1.onnx`` -> a file elsewhere) would load a file from outside
+    the root although the row's own paths lie under it. A directory that cannot be listed
+    is left to the loader to report."""
+    real_root = Path(os.path.realpath(root))
+    try:
+        with os.scandir(directory) as it:
+            entries = [e.path for e in it]
+    except OSError:
+        return
+    for entry in sorted(entries):
+        real = Path(os.path.realpath(entry))
+        if real != real_root and real_root not in real.parents:
+            raise ConfigError(
+                f"{what}: {entry!r} resolves to {str(real)!r}, outside the models root "
+                f"{str(real_root)!r} (ML_MODELS_ROOT)",
+                path=entry,
+            )
 
 
 def _model_dir(mamba: str | None, lgbm: str | None, norm: str | None) -> Path | None:
@@ -276,6 +299,9 @@ def resolve_ensemble(
             _model_dir(*(paths[f] for f in ("mamba_path", "lgbm_models_dir", "norm_params_path")))
         except ConfigError as exc:
             raise ConfigError(f"active_ensembles row {row.id}: {exc.message}") from None
+        check_dir_under_root(
+            paths["lgbm_models_dir"], root, what=f"active_ensembles row {row.id} model directory"
+        )
         fields = (*_PATHS, "version", "mamba_weight", "horizons", "seq_len", "feature_version")
         return EnsembleConfig(
             enabled=True,

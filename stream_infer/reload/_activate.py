@@ -9,7 +9,7 @@ from typing import Any
 
 from stream_infer._errors import ConfigError
 from stream_infer.config import EnsembleConfig, check_under_root, default_models_root
-from stream_infer.config._ensemble import MAMBA_FILE, NORM_FILE
+from stream_infer.config._ensemble import MAMBA_FILE, NORM_FILE, check_dir_under_root
 from stream_infer.db import Database, EnsembleRow, activate_row, db_errors
 from stream_infer.reload._manager import Loader, default_loader, load_checked
 
@@ -45,6 +45,7 @@ async def activate(
     if not path.is_dir():
         raise ConfigError(f"not a model directory: {model_dir}", path=str(model_dir))
     check_under_root(str(path), root, what="--models")
+    check_dir_under_root(path, root, what="--models")
     if weight is not None and not 0.0 <= weight <= 1.0:
         raise ConfigError(f"--weight must be in [0, 1], not {weight}")
     probe = EnsembleConfig(

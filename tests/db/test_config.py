@@ -168,6 +168,26 @@ def test_row_outside_models_root_is_refused(tmp_path: Path) -> None:
         resolve_ensemble(_row(root / "ok"), env={}, models_root=root)
 
 
+def test_row_whose_directory_holds_a_file_linked_outside_the_root_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The runtime opens the directory's files by fixed names (lgbm_h<h>.onnx, manifest.json,
+    ...), none of them in the row: a symlink among them must not load a file from outside."""
+    root = tmp_path / "root"
+    d = root / "e1"
+    d.mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "lgbm_h1.onnx").write_text("x")
+    (root / "shared.onnx").write_text("x")
+    # a link that stays inside the root is fine
+    (d / "lgbm_h5.onnx").symlink_to(root / "shared.onnx")
+    assert resolve_ensemble(_row(d), env={}, models_root=root).enabled
+    (d / "lgbm_h1.onnx").symlink_to(outside / "lgbm_h1.onnx")
+    with pytest.raises(ConfigError, match=r"row 7 model directory.*lgbm_h1\.onnx.*outside"):
+        resolve_ensemble(_row(d), env={}, models_root=root)
+
+
 def test_default_models_root_is_cwd_artifacts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -239,7 +239,9 @@ def corpus(base: dict[str, Any], n: int, seed: int = 0) -> list[tuple[str, bytes
             base, rng.choice(FIELDS[:13]), rng.choice([None, [], {}, True, "x", [1, 2]])
         ),
         "huge and tiny numbers": lambda: _with(
-            base, rng.choice(FIELDS[2:13]), rng.choice([-1e308, "1e309", 2**64 - 1, -(2**63), "0x10"])
+            base,
+            rng.choice(FIELDS[2:13]),
+            rng.choice([-1e308, "1e309", 2**64 - 1, -(2**63), "0x10"]),
         ),
         "NaN and inf": lambda: _with(base, rng.choice(FIELDS[4:10]), rng.choice(NAN_INF_STRINGS)),
         "unicode in text fields": lambda: _with(base, "interval", rng.choice(UNICODE)),

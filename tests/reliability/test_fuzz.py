@@ -7,7 +7,7 @@ letter leaves every stream exactly as it was. The Kafka test sends a corpus of s
 messages through the running service between real candles.
 
 Examples per category: 300 by default; ``RELIABILITY_FUZZ_EXAMPLES=N`` sets it (the
-figures in RELIABILITY.md come from ``-m slow``, which runs the big version).
+figures in RELIABILITY.md come from ``RELIABILITY_FUZZ_EXAMPLES=3000``).
 """
 
 from __future__ import annotations

@@ -106,3 +106,17 @@ async def test_concurrent_activations_leave_exactly_one(pg_db: Database, tmp_pat
             await c.close()
     # serialised by the advisory lock: the last to commit (the highest id) is active
     assert await _active_ids(pg_db) == [max(r.id for r in rows)]
+
+
+async def test_a_directory_with_a_file_linked_outside_the_root_is_refused(
+    pg_db: Database, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    d = make_model_dir(root, "linked")
+    outside = make_model_dir(tmp_path, "out")
+    (d / "lgbm_h1.onnx").unlink()
+    (d / "lgbm_h1.onnx").symlink_to(outside / "lgbm_h1.onnx")
+    loader = FakeLoader()
+    with pytest.raises(ConfigError, match=r"lgbm_h1\.onnx.*outside the models root"):
+        await activate(pg_db, d, loader=loader, models_root=root)
+    assert loader.calls == [] and await _active_ids(pg_db) == []
