@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,16 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -
         return False
 
 
+def _let_others_run() -> None:
+    """Release the GIL for a moment between two long steps of a load.
+
+    torch.jit.load and torch.jit.freeze each hold the GIL for ~12 ms. A hot reload loads in
+    a worker thread beside a serving event loop; without a pause the loop may only get the
+    GIL back after both steps (measured: 26-40 ms stalls of live batches across a reload).
+    """
+    time.sleep(0.003)
+
+
 def _check_device(device: str) -> str:
     import torch
 
@@ -442,12 +453,15 @@ def load_ensemble(
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     module = _load_mamba(root / MAMBA_FILE, dev)
+    _let_others_run()
     _check_norm(root / NORM_FILE, module)
     from stream_infer.models._export import quiet_jit
 
     with quiet_jit():
         frozen = torch.jit.freeze(module)
+    _let_others_run()
     session, input_name, out_names = _load_lgbm(root, horizons, threads)
+    _let_others_run()
     reference = _load_reference(
         root / REFERENCE_FILE, manifest, seq_len, len(horizons), manifest_path
     )
@@ -483,4 +497,11 @@ def load_ensemble(
                 f"(1, {len(horizons)})",
                 path=str(root / name),
             )
+    # TorchScript's profiling executor compiles a graph per new input shape for the first
+    # few shapes, then one for any shape: ~15 ms on the first batch of a new size (measured).
+    # Pay it here, in the loading thread, not on the first live batch after a hot swap.
+    window = reference[0]
+    for b in (2, 3, 2, 3, 5):
+        ens.predict_components(np.repeat(window, b, axis=0))
+        _let_others_run()
     return ens
