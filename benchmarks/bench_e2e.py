@@ -104,6 +104,10 @@ def _service_main(
     ensemble: Any = load_ensemble(models.removeprefix("floor:"), ensemble_id="bench")
     if free:
         ensemble = _FreeModel(ensemble)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as `stream-infer run` does
 
     async def main() -> None:
         service = Service(Pipeline(ensemble), KafkaSettings(**settings))

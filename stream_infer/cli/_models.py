@@ -43,7 +43,9 @@ def train_cmd(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
     horizons: Annotated[str, typer.Option(help="Candles ahead, comma-separated.")] = "1,5,15",
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Window length (rows).")] = 64,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", help="Window length (rows) [default: 32].")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Mamba epochs (default 3; tiny 1).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
     mamba_weight: Annotated[
@@ -69,7 +71,7 @@ def train_cmd(
         **{
             **base.__dict__,
             "horizons": _horizons(horizons),
-            "seq_len": seq_len,
+            "seq_len": base.seq_len if seq_len is None else seq_len,
             "seed": seed,
             "mamba_weight": mamba_weight,
             "version": version,
@@ -80,7 +82,7 @@ def train_cmd(
     # it was invoked (console script, python -m, a test runner), defaults left out.
     given = [
         ("--horizons", horizons, "1,5,15"),
-        ("--seq-len", seq_len, 64),
+        ("--seq-len", seq_len, None),
         ("--epochs", epochs, None),
         ("--seed", seed, 0),
         ("--mamba-weight", mamba_weight, 0.5),

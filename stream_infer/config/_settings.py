@@ -79,3 +79,11 @@ class ServiceSettings(BaseSettings):
         description="ML_RELOAD_POLL_S",
     )
     log_format: Literal["plain", "json"] = Field("plain", description="LOG_FORMAT")
+    # Where `run` rebuilds stream state from on start and rebalance (docs/service.md,
+    # "State"): the input topic, or Postgres `candles` per stream with the topic for the
+    # streams it does not cover (needs DB_HOST).
+    history_source: Literal["kafka", "postgres"] = Field(
+        "kafka",
+        validation_alias=AliasChoices("HISTORY_SOURCE", "history_source"),
+        description="HISTORY_SOURCE: kafka or postgres",
+    )

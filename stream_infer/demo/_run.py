@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from stream_infer.config import KafkaSettings, ServiceSettings
     from stream_infer.db import Database, EnsembleRow
     from stream_infer.kafka import Service
-    from stream_infer.reload import EnsembleRuntime
+    from stream_infer.reload import BatchGate, EnsembleRuntime
 
 __all__ = ["QUICK", "DemoOptions", "DemoResult", "main", "run_demo"]
 
@@ -184,7 +184,10 @@ async def run_demo(
 
         pipeline = Pipeline(ensemble)
         first_index = history_need(pipeline) - 1  # a stream's first prediction: this candle index
-        service, service_task = await _start_service(stack, pipeline, kafka, provider, on_batch)
+        gate = db_ctx.runtime.gate if db_ctx is not None else None
+        service, service_task = await _start_service(
+            stack, pipeline, kafka, provider, on_batch, gate
+        )
         _print(
             f"service: in-process consumer group {kafka.kafka_group_id}, "
             f"fetch_max_wait_ms={kafka.kafka_fetch_max_wait_ms}; first prediction per symbol "
@@ -435,6 +438,7 @@ async def _start_service(
     kafka: KafkaSettings,
     provider: Callable[[], Any] | None,
     on_batch: Callable[[Any], Any] | None,
+    gate: BatchGate | None = None,
 ) -> tuple[Service, asyncio.Task[Any]]:
     from stream_infer.kafka import Service
 
@@ -443,6 +447,7 @@ async def _start_service(
         kafka,
         ensemble=provider,
         on_batch=on_batch,
+        gate=gate,  # the hot reload's load steps go between batches
         client_id="stream-infer-demo",
         session_timeout_ms=6000,
     )

@@ -18,6 +18,12 @@ from stream_infer.kafka._produce import (
 )
 from stream_infer.kafka._service import READY_INDEX, EnsembleProvider, Service, history_need
 from stream_infer.kafka._stats import LatencyWindow, Stats
+from stream_infer.kafka._stream_history import (
+    LazyHistory,
+    Resolved,
+    StreamHistorySource,
+    not_covered_reason,
+)
 from stream_infer.kafka._topics import create_topics
 
 __all__ = [
@@ -28,8 +34,11 @@ __all__ = [
     "HistorySource",
     "KafkaHistory",
     "LatencyWindow",
+    "LazyHistory",
+    "Resolved",
     "Service",
     "Stats",
+    "StreamHistorySource",
     "client_kwargs",
     "collect_history",
     "create_topics",
@@ -38,6 +47,7 @@ __all__ = [
     "history_need",
     "klines_events",
     "make_producer",
+    "not_covered_reason",
     "produce_events",
     "produce_files",
     "tansu_binary",

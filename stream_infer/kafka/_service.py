@@ -11,7 +11,9 @@ One batch at a time, under a lock the rebalance listener also takes:
 So an input offset is committed only after everything it produced is acknowledged
 (DESIGN.md, Delivery and state); a crash replays at most the uncommitted batch.
 On assignment each new partition's streams are rebuilt from history before its first
-record is processed (``_history.py``). See docs/service.md.
+record is processed: from the topic (``_history.py``), or with ``stream_history`` (Postgres
+``candles``) stream by stream before each stream's first record (``_stream_history.py``).
+See docs/service.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from stream_infer.kafka._client import client_kwargs
 from stream_infer.kafka._history import HistorySource, KafkaHistory
 from stream_infer.kafka._produce import make_producer
 from stream_infer.kafka._stats import Stats
+from stream_infer.kafka._stream_history import LazyHistory, StreamHistorySource
 from stream_infer.pipeline import BatchResult, Counts, EnsembleLike, Inbound, Pipeline, StageTimes
 from stream_infer.pipeline import wall_ms as _wall_ms
 
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
     from stream_infer.ops import Metrics
+    from stream_infer.reload import BatchGate
 
 __all__ = ["READY_INDEX", "EnsembleProvider", "Service", "history_need"]
 
@@ -74,7 +78,14 @@ class Service:
 
     ``start_timeout_s``: how long ``start`` keeps trying to reach the broker (None: until
     ``request_stop``; 0: one attempt). ``metrics``: a ``stream_infer.ops.Metrics`` updated
-    after each batch.
+    after each batch. ``gate``: held around each batch (``stream_infer.reload.BatchGate``, the
+    hot reload's ``gate``), so a reload's load steps run between batches, not inside them.
+
+    ``history``: where partitions are rebuilt from (default: the topic, ``KafkaHistory``).
+    ``stream_history`` (e.g. ``stream_infer.db.PostgresHistory``): rebuild each stream of a
+    newly assigned partition from it when the stream's first record arrives, and from
+    ``history`` only the streams it does not cover; when it cannot be reached at an
+    assignment, that assignment uses ``history`` alone.
     """
 
     def __init__(
@@ -94,10 +105,12 @@ class Service:
         client_id: str = "stream-infer",
         on_batch: Callable[[BatchResult], Awaitable[None] | None] | None = None,
         metrics: Metrics | None = None,
+        gate: BatchGate | None = None,
         model_required: bool | Callable[[], bool] = False,
         start_timeout_s: float | None = 0.0,
         start_retry_s: float = 1.0,
         probe_interval_s: float = 1.0,
+        stream_history: StreamHistorySource | None = None,
     ) -> None:
         self.settings = settings or KafkaSettings()
         self.bootstrap = bootstrap or self.settings.kafka_bootstrap_servers
@@ -114,11 +127,18 @@ class Service:
         self._session_timeout_ms = session_timeout_ms
         self._client_id = client_id
         self._on_batch = on_batch
+        self._gate = gate
         self.metrics = metrics
         self._model_required = model_required
         self._start_timeout_s = start_timeout_s
         self._start_retry_s = start_retry_s
         self._probe_interval_s = probe_interval_s
+        # HISTORY_SOURCE=postgres: streams rebuilt one by one, the topic for the rest.
+        self._lazy = (
+            LazyHistory(stream_history, self._history, stats=self.stats, metrics=metrics)
+            if stream_history is not None
+            else None
+        )
         self._last_probe = 0.0
         self._reachable = False
         self._down_since: float | None = None
@@ -172,6 +192,10 @@ class Service:
     def request_stop(self) -> None:
         """Stop after the batch in flight (safe to call from a signal handler)."""
         self._stop.set()
+
+    async def check_history(self) -> bool | None:
+        """Whether ``stream_history`` answers now (None without one); logs when it does not."""
+        return None if self._lazy is None else await self._lazy.usable()
 
     async def wait_assigned(self, timeout: float = 30.0) -> None:
         """Until the first assignment has been warmed (for tests and benchmarks)."""
@@ -427,7 +451,8 @@ class Service:
     async def _handle(
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]], received: float
     ) -> None:
-        async with self._lock:
+        gate = self._gate.batch() if self._gate is not None else contextlib.nullcontext()
+        async with self._lock, gate:
             consumer = self._consumer
             if consumer is None:
                 return
@@ -567,7 +592,7 @@ class Service:
         an unexpected error never stops the service.
         """
         try:
-            return [self.pipeline.process(inbound)]
+            return await self._run_pipeline(inbound)
         except Exception:
             log.exception("processing a batch of %d failed; retrying one by one", len(inbound))
         # The streams are ahead of these offsets now: rebuild them to just before the batch.
@@ -577,7 +602,7 @@ class Service:
 
         for m in inbound:
             try:
-                results.append(self.pipeline.process([m]))
+                results.extend(await self._run_pipeline([m]))
             except Exception as exc:
                 log.exception("message %s/%d/%d failed", m.topic, m.partition, m.offset)
                 results.append(self._internal_dead_letter(m, exc))
@@ -586,6 +611,31 @@ class Service:
                 # rebuild (``_warm_history`` leaves out a candle the features cannot take).
                 await self._rebuild({TopicPartition(m.topic, m.partition): m.offset + 1})
         return results
+
+    async def _run_pipeline(self, inbound: Sequence[Inbound]) -> list[BatchResult]:
+        """``pipeline.process``; on partitions rebuilt stream by stream, it stops before each
+        stream met for the first time, whose history is then read (one query for all such
+        streams of the batch) before the rest of the batch goes on."""
+        lazy = self._lazy
+        if lazy is None or not lazy.partitions:
+            return [self.pipeline.process(inbound)]
+        results: list[BatchResult] = []
+        rest = inbound
+        while True:
+            r = self.pipeline.process(rest, hold=lazy.hold)
+            results.append(r)
+            if r.held_at is None:
+                return results
+            rest = rest[r.held_at :]
+            if not r.held:  # cannot happen (the held message is claimed); never loop on it
+                results.append(self.pipeline.process(rest))
+                return results
+            await lazy.resolve(
+                r.held,
+                topic=self.settings.kafka_candles_topic,
+                need=history_need(self.pipeline),
+                warm=self._warm_history,
+            )
 
     def _internal_dead_letter(self, m: Inbound, exc: Exception) -> BatchResult:
         err = CandleError(f"{type(exc).__name__}: {exc}"[:500])
@@ -700,12 +750,21 @@ class Service:
         """Replace the streams of these partitions by ones warmed from history before ``upto``.
 
         Returns the partitions rebuilt; one whose history cannot be read is logged and left
-        out (its streams stay dropped: it warms up live, or the caller retries).
+        out (its streams stay dropped: it warms up live, or the caller retries). A partition
+        rebuilt stream by stream (``stream_history``) forgets its streams: each is read again
+        before its next record, bounded by that record.
         """
         self.pipeline.drop_partitions(tp.partition for tp in upto)
         need = history_need(self.pipeline)
         done: set[TopicPartition] = set()
+        lazy = self._lazy
+        if lazy is not None:
+            for tp in [tp for tp in upto if tp.partition in lazy.partitions]:
+                lazy.begin(tp.partition)
+                done.add(tp)
         for tp, end in upto.items():
+            if tp in done:
+                continue
             if end <= 0:
                 done.add(tp)
                 continue
@@ -801,6 +860,10 @@ class Service:
             gone = {p for p in held if all(tp.partition != p for tp in assigned)}
             if gone:
                 self.pipeline.drop_partitions(gone)
+            lazy = self._lazy
+            if lazy is not None:
+                for p in lazy.partitions - {tp.partition for tp in assigned}:
+                    lazy.end(p)
             todo: dict[TopicPartition, int] = {}
             for tp in sorted(assigned, key=lambda t: t.partition):
                 committed = await consumer.committed(tp)
@@ -811,6 +874,16 @@ class Service:
                     continue
                 todo[tp] = start
                 self._next[tp] = start
+            by_stream: set[TopicPartition] = set()
+            if todo and lazy is not None:
+                if await lazy.usable():
+                    # Even from offset 0: Postgres may hold what the topic no longer does.
+                    by_stream = set(todo)
+                for tp in todo:
+                    if tp in by_stream:
+                        lazy.begin(tp.partition)
+                    else:
+                        lazy.end(tp.partition)
             done = await self._rebuild(todo) if todo else set()
             self._warm = (self._warm | done) & assigned
             for tp in list(self._next):
@@ -818,9 +891,13 @@ class Service:
                     del self._next[tp]
             self._assigned_once.set()
             log.info(
-                "assigned %s (rebuilt %s)",
+                "assigned %s (rebuilt %s%s)",
                 sorted(tp.partition for tp in assigned),
-                sorted(tp.partition for tp in done),
+                sorted(tp.partition for tp in done - by_stream),
+                f"; stream by stream from {lazy.source} on their first records: "
+                f"{sorted(tp.partition for tp in by_stream)}"
+                if lazy is not None and by_stream
+                else "",
             )
 
 

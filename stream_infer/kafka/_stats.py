@@ -67,6 +67,10 @@ class Stats:
     history_failures: int = 0
     history_candles: int = 0  # candles read back to rebuild state
     history_seconds: float = 0.0
+    # HISTORY_SOURCE=postgres: streams warmed from Postgres, and those it did not cover
+    # far enough (rebuilt from the topic instead, or warming up live).
+    history_postgres_streams: int = 0
+    history_not_covered: int = 0
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     # Per batch (ms): the pipeline, sending until every ack, the offset commit.
     process_ms: LatencyWindow = field(default_factory=lambda: LatencyWindow(10_000))
@@ -104,6 +108,8 @@ class Stats:
             "stalls": self.stalls,
             "history_failures": self.history_failures,
             "history_candles": self.history_candles,
+            "history_postgres_streams": self.history_postgres_streams,
+            "history_not_covered": self.history_not_covered,
             "latency_ms_p50": self.latency.quantile(0.5),
             "latency_ms_p99": self.latency.quantile(0.99),
             "latency_ms_max": self.latency.max if self.latency.count else math.nan,

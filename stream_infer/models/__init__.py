@@ -18,15 +18,21 @@ from stream_infer.models._evaluate import evaluate
 from stream_infer.models._mamba import MambaClassifier, MambaConfig
 from stream_infer.models._runtime import (
     CHECK_TOL,
+    FROZEN_CACHE_DIR,
     Ensemble,
     EnsembleResult,
+    cache_frozen,
+    frozen_cache_path,
     load_ensemble,
+    load_ensemble_steps,
+    run_steps,
     tune_malloc,
 )
 from stream_infer.models._train import TrainConfig, TrainResult, train_ensemble
 
 __all__ = [
     "CHECK_TOL",
+    "FROZEN_CACHE_DIR",
     "Ensemble",
     "EnsembleResult",
     "MambaClassifier",
@@ -35,10 +41,14 @@ __all__ = [
     "StreamData",
     "TrainConfig",
     "TrainResult",
+    "cache_frozen",
     "evaluate",
+    "frozen_cache_path",
     "load_ensemble",
+    "load_ensemble_steps",
     "load_streams",
     "make_samples",
+    "run_steps",
     "stream_from_frame",
     "train_ensemble",
     "tune_malloc",

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stream_infer.models._manifest import SEQ_LEN
+
 __all__ = ["A_MAX", "CHUNK", "DELTA_MAX", "MambaClassifier", "MambaConfig", "selective_scan_ref"]
 
 CHUNK = 16
@@ -46,7 +48,7 @@ class MambaConfig:
     n_layers: int = 2
     expand: int = 2
     d_conv: int = 4
-    seq_len: int = 64
+    seq_len: int = SEQ_LEN
     clip: float = 5.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,20 +7,22 @@ compares that window's outputs with the ones recorded at export (the reload mana
 it before swapping a new version in).
 
 Runtime choices (docs/models.md, "Runtime"): the TorchScript model is frozen after loading
-(constants folded: ~20% less per-call overhead at batch 1); the per-horizon ONNX files are
-merged in memory into one graph so LightGBM costs one ONNX Runtime call per batch.
+(constants folded: ~20% less per-call overhead at batch 1) and, on CPU, run with
+TorchScript's profiling executor off (no compile on its first calls, same speed); the
+per-horizon ONNX files are merged in memory into one graph so LightGBM costs one ONNX
+Runtime call per batch.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -37,7 +39,20 @@ from stream_infer.models._manifest import (
     sha256_file,
 )
 
-__all__ = ["CHECK_TOL", "Ensemble", "EnsembleResult", "load_ensemble", "tune_malloc"]
+__all__ = [
+    "CHECK_TOL",
+    "FROZEN_CACHE_DIR",
+    "Ensemble",
+    "EnsembleResult",
+    "cache_frozen",
+    "frozen_cache_path",
+    "load_ensemble",
+    "load_ensemble_steps",
+    "run_steps",
+    "tune_malloc",
+]
+
+log = logging.getLogger(__name__)
 
 # check(): the reference window's outputs may differ from the recorded ones by at most this.
 CHECK_TOL = 1e-5
@@ -249,16 +264,6 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -
         return False
 
 
-def _let_others_run() -> None:
-    """Release the GIL for a moment between two long steps of a load.
-
-    torch.jit.load and torch.jit.freeze each hold the GIL for ~12 ms. A hot reload loads in
-    a worker thread beside a serving event loop; without a pause the loop may only get the
-    GIL back after both steps (measured: 26-40 ms stalls of live batches across a reload).
-    """
-    time.sleep(0.003)
-
-
 def _check_device(device: str) -> str:
     import torch
 
@@ -335,11 +340,10 @@ def _check_norm(path: Path, module: Any) -> None:
         )
 
 
-def _load_lgbm(
-    model_dir: Path, horizons: Sequence[int], threads: int
-) -> tuple[Any, str, list[str]]:
+def _merge_lgbm(model_dir: Path, horizons: Sequence[int]) -> tuple[bytes, str, list[str], Path]:
+    """Parse and check every horizon's ONNX file; their merged graph (serialised), its input
+    and output names, and the first file (named in errors)."""
     import onnx
-    import onnxruntime as ort
 
     from stream_infer.models._lgbm import INPUT_NAME, merge_horizons
 
@@ -365,20 +369,23 @@ def _load_lgbm(
         merged, names = merge_horizons([m for _, m in models])
     except ValueError as exc:
         raise ArtifactError(f"unexpected LightGBM ONNX graph: {exc}", path=str(model_dir)) from exc
+    return merged.SerializeToString(), INPUT_NAME, names, models[0][0]
+
+
+def _lgbm_session(merged: bytes, threads: int, first: Path) -> Any:
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        sess = ort.InferenceSession(
-            merged.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(merged, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ArtifactError(
-            f"ONNX Runtime rejects the LightGBM models: {exc}", path=str(models[0][0])
+            f"ONNX Runtime rejects the LightGBM models: {exc}", path=str(first)
         ) from exc
-    return sess, INPUT_NAME, names
 
 
 def _load_reference(
@@ -421,6 +428,164 @@ def load_ensemble(
     ``mamba_weight`` None uses the manifest's; ``version`` None the manifest's. ``threads``
     sets torch's intra-op threads (process-wide) and ONNX Runtime's. Raises ArtifactError
     naming the file for a missing, corrupt or mismatched artifact, ModelError otherwise.
+    Runs every step of ``load_ensemble_steps`` at once.
+    """
+    return run_steps(
+        load_ensemble_steps(
+            model_dir,
+            device=device,
+            mamba_weight=mamba_weight,
+            ensemble_id=ensemble_id,
+            version=version,
+            threads=threads,
+        )
+    )
+
+
+T = TypeVar("T")
+
+
+def run_steps(steps: Generator[str, None, T]) -> T:
+    """Run a step generator (``load_ensemble_steps``) to the end; returns what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(T, done.value)
+
+
+# The frozen module keeps these as attributes (not folded into constants): ``_check_norm``
+# compares them with the normalisation file.
+_NORM_ATTRS = ["norm_mean", "norm_std", "clip"]
+FROZEN_CACHE_DIR = ".cache"
+
+
+def frozen_cache_path(model_dir: str | Path, mamba_sha256: str) -> Path:
+    """Where ``cache_frozen`` puts the frozen Mamba of ``model_dir`` whose TorchScript file has
+    this sha256 (a changed file is another name: a stale cache is never read)."""
+    return Path(model_dir) / FROZEN_CACHE_DIR / f"mamba-{mamba_sha256[:16]}.frozen.pt"
+
+
+def _freeze(module: Any) -> Any:
+    import torch
+
+    from stream_infer.models._export import quiet_jit
+
+    with quiet_jit():
+        return torch.jit.freeze(module, preserved_attrs=_NORM_ATTRS)
+
+
+def cache_frozen(model_dir: str | Path) -> Path:
+    """Freeze ``model_dir``'s Mamba once and save it beside the artifacts (``.cache/``), where
+    ``load_ensemble`` finds it: a hot reload then loads the frozen module in one ~5 ms step
+    instead of torch.jit.load + torch.jit.freeze (~20 ms, up to ~60 on a busy machine, both
+    holding the GIL beside the serving loop). ``stream-infer activate`` calls it.
+
+    Checks the file against the manifest's checksum first. The cache records that checksum
+    and the torch version; the loader ignores it when either differs. Written to a temporary
+    name and renamed, so a reader never sees half a file. OSError when the directory is not
+    writable (the loader then freezes, as without a cache).
+    """
+    import os
+
+    import torch
+
+    from stream_infer.models._export import quiet_jit
+
+    root = Path(model_dir)
+    manifest = read_manifest(root)
+    _verify_checksums(root, manifest, [MAMBA_FILE])
+    sha = str(manifest["checksums"][MAMBA_FILE])
+    frozen = _freeze(_load_mamba(root / MAMBA_FILE, "cpu"))
+    out = frozen_cache_path(root, sha)
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    extra = {"source_sha256": sha, "torch": torch.__version__}
+    try:
+        with quiet_jit():
+            torch.jit.save(frozen, str(tmp), _extra_files=extra)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _load_frozen_cache(path: Path, sha: str, device: str) -> Any | None:
+    """The cached frozen module, or None when there is none, or it is not for this file and
+    this torch, or it does not load: the loader then freezes, as without a cache."""
+    import torch
+
+    from stream_infer.models._export import quiet_jit
+
+    if device != "cpu" or not path.is_file():
+        return None
+    model_dir = path.parent.parent.resolve()
+    if model_dir not in path.resolve().parents:
+        # a symlink out of the model directory: only files inside it are loaded (the models
+        # root check covers the directory's own entries, not those of .cache/)
+        log.warning("ignoring the frozen cache %s: it resolves outside %s", path, model_dir)
+        return None
+    extra = {"source_sha256": "", "torch": ""}
+    try:
+        with quiet_jit():
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:  # a corrupt or foreign file is only a missed cache
+        log.warning("ignoring the frozen cache %s: %s", path, exc)
+        return None
+    if extra["source_sha256"] != sha.encode() or extra["torch"] != torch.__version__.encode():
+        return None
+    module.eval()
+    return module
+
+
+class _Unprofiled:
+    """The frozen TorchScript module, run with TorchScript's profiling executor off.
+
+    Why (measured here, CPU, frozen module): the profiling executor's first call profiles
+    and its second compiles (6-37 ms and 12-24 ms, longer on a busy machine), and for this
+    model its optimised plan is no faster than the plain one (median per call, batch 1 / 5
+    / 32: 294 / 752 / 4317 us optimised, 284 / 751 / 4253 us plain; outputs bit-identical).
+    Without it there is no compile to pay, neither on the first live batches after a start
+    or a hot swap nor while a hot reload loads beside live traffic. The flag is per thread
+    (``torch.jit.optimized_execution``), so it is set around each call: ~2 us.
+    """
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        with torch.jit.optimized_execution(False):
+            return self.module(x)
+
+    def __getattr__(self, name: str) -> Any:
+        # .graph, .code, named_buffers(), ...: the module's own
+        return getattr(self.module, name)
+
+
+def load_ensemble_steps(
+    model_dir: str | Path,
+    *,
+    device: str = "cpu",
+    mamba_weight: float | None = None,
+    ensemble_id: str = "file",
+    version: str | None = None,
+    threads: int = 1,
+) -> Generator[str, None, Ensemble]:
+    """``load_ensemble`` as a generator: it yields the name of each step it finished and
+    returns the Ensemble (same arguments, same validation, same errors).
+
+    Why steps: torch.jit.load (~10 ms here, 17-37 ms on a busy machine) and torch.jit.freeze
+    (~10 ms, up to ~30) are each one C++ call that holds the GIL throughout. A hot reload
+    loads beside the serving event loop, and a live batch that meets one of them waits for
+    it. ``stream_infer.reload`` runs one step per gap between two of the service's batches,
+    so a batch waits for at most one step (docs/postgres.md, "Hot reload"); each yield is
+    such a gap. With the frozen cache (``cache_frozen``; ``stream-infer activate`` writes
+    it) the Mamba is one ~5 ms step; without it, torch.jit.load and freezing are two.
+    Then the ONNX files (parse, check, merge), then ONNX Runtime's session and the probe.
     """
     import torch
 
@@ -452,19 +617,26 @@ def load_ensemble(
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    module = _load_mamba(root / MAMBA_FILE, dev)
-    _let_others_run()
-    _check_norm(root / NORM_FILE, module)
-    from stream_infer.models._export import quiet_jit
-
-    with quiet_jit():
-        frozen = torch.jit.freeze(module)
-    _let_others_run()
-    session, input_name, out_names = _load_lgbm(root, horizons, threads)
-    _let_others_run()
+    sha = str(manifest["checksums"][MAMBA_FILE])
+    frozen = _load_frozen_cache(frozen_cache_path(root, sha), sha, dev)
+    if frozen is None:
+        module = _load_mamba(root / MAMBA_FILE, dev)
+        yield "torchscript"
+        # Read before freezing (the buffers are kept as attributes, but fail early).
+        _check_norm(root / NORM_FILE, module)
+        frozen = _freeze(module)
+        yield "freeze"
+    else:
+        _check_norm(root / NORM_FILE, frozen)
+        yield "torchscript (frozen cache)"
+    merged, input_name, out_names, first_onnx = _merge_lgbm(root, horizons)
+    yield "onnx"
+    session = _lgbm_session(merged, threads, first_onnx)
     reference = _load_reference(
         root / REFERENCE_FILE, manifest, seq_len, len(horizons), manifest_path
     )
+    # On a GPU the profiling executor fuses kernels: keep it there (and warm it up below).
+    mamba: Any = _Unprofiled(frozen) if dev == "cpu" else frozen
     ens = Ensemble(
         ensemble_id=ensemble_id,
         version=str(manifest["version"]) if version is None else version,
@@ -474,7 +646,7 @@ def load_ensemble(
         feature_version=int(manifest["feature_version"]),
         model_dir=root,
         manifest=manifest,
-        mamba=frozen,
+        mamba=mamba,
         device=dev,
         session=session,
         input_name=input_name,
@@ -497,11 +669,11 @@ def load_ensemble(
                 f"(1, {len(horizons)})",
                 path=str(root / name),
             )
-    # TorchScript's profiling executor compiles a graph per new input shape for the first
-    # few shapes, then one for any shape: ~15 ms on the first batch of a new size (measured).
-    # Pay it here, in the loading thread, not on the first live batch after a hot swap.
-    window = reference[0]
-    for b in (2, 3, 2, 3, 5):
-        ens.predict_components(np.repeat(window, b, axis=0))
-        _let_others_run()
+    if dev != "cpu":
+        # The profiling executor profiles the first run and compiles on the second: pay
+        # that here, not on the first live batches after a hot swap.
+        window = reference[0]
+        for b in (2, 3, 2, 3, 5):
+            yield f"warm {b}"
+            ens.predict_components(np.repeat(window, b, axis=0))
     return ens

@@ -40,6 +40,7 @@ from stream_infer.models._manifest import (
     MANIFEST_FORMAT,
     NORM_FILE,
     REFERENCE_FILE,
+    SEQ_LEN,
     lgbm_file,
     sha256_file,
     write_json,
@@ -58,7 +59,7 @@ class TrainConfig:
     """Everything that decides the trained artifacts (recorded in the manifest)."""
 
     horizons: tuple[int, ...] = (1, 5, 15)
-    seq_len: int = 64
+    seq_len: int = SEQ_LEN
     epochs: int = 3
     seed: int = 0
     batch_size: int = 128

@@ -123,12 +123,21 @@ class Metrics:
             "Partitions whose streams were rebuilt from history.",
             registry=r,
         )
+        self.history_streams = Counter(
+            "stream_infer_history_streams",
+            "Streams rebuilt one by one (HISTORY_SOURCE=postgres), by where their history came "
+            "from: postgres, topic (Postgres did not cover it), none (warms up live).",
+            ["source"],
+            registry=r,
+        )
         for stage in STAGES:
             self.stage_latency.labels(stage)
         for result in ("ok", "failed"):
             self.reloads.labels(result)
         for op in ("connect", "fetch", "send", "commit", "history"):
             self.broker_errors.labels(op)
+        for source in ("postgres", "topic", "none"):
+            self.history_streams.labels(source)
 
     def add_callback(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Also export what ``collect()`` returns at each scrape (numbers owned by another

@@ -20,15 +20,20 @@ from stream_infer.pipeline._types import (
     Counts,
     EnsembleLike,
     FeatureStream,
+    HeldStream,
     Inbound,
     StageTimes,
     StreamState,
 )
 
-__all__ = ["FeaturesFactory", "Pipeline", "wall_ms"]
+__all__ = ["FeaturesFactory", "HoldPredicate", "Pipeline", "wall_ms"]
 
 FeaturesFactory = Callable[[int, int], FeatureStream]
 """``(interval_ms, keep_rows) -> FeatureStream``; the default is ``StreamingFeatures``."""
+
+HoldPredicate = Callable[[int, str, str], bool]
+"""``(partition, symbol, interval) -> bool``: stop before a stream the pipeline does not hold
+(or holds too short) to fetch its history first; see ``Pipeline.process``."""
 
 
 def wall_ms() -> int:
@@ -74,6 +79,9 @@ class Pipeline:
     * If ``process`` raises (only a model failure can), the streams are ahead of the
       messages' offsets: the caller must not commit, and must rebuild (``drop_partitions``
       then ``warm``) or restart.
+    * ``process(batch, hold=...)`` stops before the first candle whose stream is missing
+      (or too short) and that ``hold`` claims, so the caller can ``warm`` it first (the
+      history of a stream bounded by its own first live candle); see ``BatchResult.held``.
     """
 
     def __init__(
@@ -206,8 +214,18 @@ class Pipeline:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def process(self, batch: Sequence[Inbound]) -> BatchResult:
-        """Decode, validate and apply each message in order, then one model call for the batch."""
+    def process(
+        self, batch: Sequence[Inbound], *, hold: HoldPredicate | None = None
+    ) -> BatchResult:
+        """Decode, validate and apply each message in order, then one model call for the batch.
+
+        ``hold``: when a closed candle's stream is not held (or keeps fewer rows than the
+        ensemble needs) and ``hold(partition, symbol, interval)`` is true, processing stops
+        before that message: the result covers the messages before it (``held_at`` is its
+        index) and ``held`` lists the first candle of every stream in the rest of the batch
+        that ``hold`` claims, so one history read can serve them all. Warm those streams
+        (or make ``hold`` refuse them), then call again with ``batch[held_at:]``.
+        """
         ens = self._ensemble  # read once: a swap takes effect on the next batch
         # without a model, "ready" means the features are
         need = ens.seq_len if ens is not None else 1
@@ -222,10 +240,13 @@ class Pipeline:
         made_from: list[tuple[Candle, float]] = []
         failed_at: int | None = None
         streams = self._streams
+        held_at: int | None = None
+        held: tuple[HeldStream, ...] = ()
 
-        for m in batch:
+        for i, m in enumerate(batch):
             counts.messages += 1
-            if offsets.get(m.partition, -1) < m.offset:
+            before = offsets.get(m.partition, -1)
+            if before < m.offset:
                 offsets[m.partition] = m.offset
             t0 = clock()
             try:
@@ -245,6 +266,16 @@ class Pipeline:
             key = (candle.symbol, candle.interval)
             stream = streams.get(key)
             if stream is None or stream.keep < self._keep:
+                if hold is not None and hold(m.partition, candle.symbol, candle.interval):
+                    # Not processed: the caller warms the stream, then hands this message again.
+                    counts.messages -= 1
+                    if before < 0:
+                        del offsets[m.partition]
+                    else:
+                        offsets[m.partition] = before
+                    held_at = i
+                    held = self._held_streams(batch, i, hold)
+                    break
                 stream = streams[key] = self._new_stream(candle.interval, m.partition)
             else:
                 stream.partition = m.partition
@@ -274,7 +305,33 @@ class Pipeline:
             t2 = clock()
             predictions = self._predict(ens, windows, made_from, counts)
             times.models = clock() - t2
-        return BatchResult(predictions, dead, counts, offsets, times, ens)
+        return BatchResult(predictions, dead, counts, offsets, times, ens, held_at, held)
+
+    def _held_streams(
+        self, batch: Sequence[Inbound], start: int, hold: HoldPredicate
+    ) -> tuple[HeldStream, ...]:
+        """The first closed candle of each stream from ``batch[start]`` on that ``hold`` claims.
+
+        Decodes the rest of the batch a second time, but only in a batch that met a new
+        stream: the steady state never gets here.
+        """
+        found: dict[tuple[str, str], HeldStream] = {}
+        for m in batch[start:]:
+            try:
+                c = decode_candle(m.value, max_bytes=self._max_bytes)
+            except CandleError:
+                continue  # dead-lettered when the message is processed
+            if c is None:
+                continue
+            key = (c.symbol, c.interval)
+            if key in found:
+                continue
+            stream = self._streams.get(key)
+            if (stream is None or stream.keep < self._keep) and hold(
+                m.partition, c.symbol, c.interval
+            ):
+                found[key] = HeldStream(m.partition, m.offset, c)
+        return tuple(found.values())
 
     def _dead_letter(
         self, m: Inbound, exc: CandleError, failed_at: int, counts: Counts

@@ -17,6 +17,7 @@ __all__ = [
     "EnsembleLike",
     "EnsembleOutput",
     "FeatureStream",
+    "HeldStream",
     "Inbound",
     "StageTimes",
     "StreamState",
@@ -118,6 +119,15 @@ class StageTimes:
     models: float = 0.0
 
 
+class HeldStream(NamedTuple):
+    """A stream ``Pipeline.process(hold=...)`` stopped for: its first closed candle in the
+    rest of the batch, and where that candle came from."""
+
+    partition: int
+    offset: int
+    candle: Candle
+
+
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     """The outcome of ``Pipeline.process``.
@@ -125,6 +135,8 @@ class BatchResult:
     ``offsets`` maps each partition seen to the highest offset processed in the batch
     (commit ``offset + 1`` once the predictions and dead letters are acknowledged).
     ``ensemble`` is the one that served the batch (None when inference is disabled).
+    ``held_at``: with ``hold``, the index of the first message not processed (None when
+    the whole batch was); ``held`` the streams that need their history first.
     """
 
     predictions: list[Prediction]
@@ -133,6 +145,8 @@ class BatchResult:
     offsets: dict[int, int]
     times: StageTimes
     ensemble: EnsembleLike | None
+    held_at: int | None = None
+    held: tuple[HeldStream, ...] = ()
 
 
 class StreamState(NamedTuple):

@@ -1,4 +1,5 @@
-"""``stream-infer activate``: check a model directory, then make it the active row."""
+"""``stream-infer activate``: check a model directory (and cache its frozen Mamba), then make
+it the active row."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from stream_infer._errors import ConfigError
 from stream_infer.config import EnsembleConfig, check_under_root, default_models_root
 from stream_infer.config._ensemble import MAMBA_FILE, NORM_FILE, check_dir_under_root
 from stream_infer.db import Database, EnsembleRow, activate_row, db_errors
-from stream_infer.reload._manager import Loader, default_loader, load_checked
+from stream_infer.reload._manager import EnsembleLike, Loader, default_loader, load_checked
 
-__all__ = ["activate", "artifact_paths"]
+__all__ = ["activate", "artifact_paths", "check_model_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,7 @@ def artifact_paths(ensemble: Any, model_dir: Path) -> tuple[Path, Path, Path]:
     return Path(mamba).resolve(), model_dir, Path(norm).resolve()
 
 
-async def activate(
-    db: Database,
+async def check_model_dir(
     model_dir: str | Path,
     *,
     weight: float | None = None,
@@ -34,11 +34,15 @@ async def activate(
     loader: Loader | None = None,
     models_root: str | Path | None = None,
     device: str = "cpu",
-) -> EnsembleRow:
-    """Load and check ``model_dir``; insert it as the only active row; NOTIFY. Returns the row.
+) -> tuple[EnsembleLike, Path]:
+    """What ``activate`` does before it writes the row: (the checked ensemble, the directory).
 
-    Refuses (ConfigError) a directory outside the models root, which the service would
-    refuse as well: better now, at the operator's prompt, than in a log later.
+    Loads and checks ``model_dir`` as a service would (``load_checked``). Refuses
+    (ConfigError) a directory outside the models root, which the service would refuse as
+    well: better now, at the operator's prompt, than in a log later. With the real loader it
+    also saves the frozen Mamba beside the artifacts (``stream_infer.models.cache_frozen``):
+    services that hot-reload the directory load it in one ~5 ms step instead of loading
+    and freezing the TorchScript file (~20 ms, holding the GIL beside live traffic).
     """
     root = Path(models_root) if models_root is not None else default_models_root()
     path = Path(model_dir).expanduser().resolve()
@@ -58,6 +62,44 @@ async def activate(
         device="cuda" if device == "cuda" else "cpu",
     )
     ensemble = await asyncio.to_thread(load_checked, loader or default_loader(), probe)
+    if loader is None:
+        await asyncio.to_thread(_write_frozen_cache, path)
+    return ensemble, path
+
+
+def _write_frozen_cache(path: Path) -> None:
+    from stream_infer.models import cache_frozen
+
+    try:
+        out = cache_frozen(path)
+    except Exception as exc:
+        # Only an optimisation (e.g. a read-only model directory): services then freeze the
+        # module themselves when they load it.
+        log.warning("no frozen Mamba cache written under %s: %s", path, exc)
+        return
+    log.info("frozen Mamba cached at %s", out)
+
+
+async def activate(
+    db: Database,
+    model_dir: str | Path,
+    *,
+    weight: float | None = None,
+    version: str | None = None,
+    loader: Loader | None = None,
+    models_root: str | Path | None = None,
+    device: str = "cpu",
+) -> EnsembleRow:
+    """``check_model_dir``, then insert it as the only active row and NOTIFY. Returns the row."""
+    root = Path(models_root) if models_root is not None else default_models_root()
+    ensemble, path = await check_model_dir(
+        model_dir,
+        weight=weight,
+        version=version,
+        loader=loader,
+        models_root=root,
+        device=device,
+    )
     mamba, lgbm, norm = artifact_paths(ensemble, path)
     for p in (mamba, norm):
         check_under_root(str(p), root, what="model file")

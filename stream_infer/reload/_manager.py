@@ -2,8 +2,9 @@
 
 Python twins of the seed's API: ``initialize(db, config_path) -> (config, manager)`` and
 ``check_hot_reload(db, manager) -> bool``. A new ensemble is loaded and checked beside the
-old one, in a worker thread, and swapped in only when everything passed; a failure keeps
-the old one serving and marks the row so it is not tried again until another is activated.
+old one, in a worker thread, one step per gap between the service's batches (``BatchGate``),
+and swapped in only when everything passed; a failure keeps the old one serving and marks
+the row so it is not tried again until another is activated.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import asyncpg
 
@@ -28,15 +29,19 @@ from stream_infer.config import (
 )
 from stream_infer.config._ensemble import ActiveRow
 from stream_infer.db import Database, db_errors, fetch_active
+from stream_infer.reload._gate import BatchGate
 
 __all__ = [
     "EnsembleLike",
     "Loader",
     "ModelManager",
+    "StepLoader",
     "check_hot_reload",
     "default_loader",
+    "default_step_loader",
     "initialize",
     "load_checked",
+    "load_checked_steps",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,21 @@ class Loader(Protocol):
     ) -> EnsembleLike: ...
 
 
+class StepLoader(Protocol):
+    """``stream_infer.models.load_ensemble_steps``: the loader as a generator that yields
+    between its long steps and returns the ensemble."""
+
+    def __call__(
+        self,
+        model_dir: Path,
+        *,
+        device: str = ...,
+        mamba_weight: float | None = ...,
+        ensemble_id: str = ...,
+        version: str | None = ...,
+    ) -> Generator[str, None, EnsembleLike]: ...
+
+
 SwapHook = Callable[[Any, EnsembleConfig], None]
 
 
@@ -85,6 +105,37 @@ def default_loader() -> Loader:
     return loader
 
 
+def default_step_loader() -> StepLoader:
+    """``stream_infer.models.load_ensemble_steps``, imported on first use (it pulls in torch)."""
+    from stream_infer.models import load_ensemble_steps
+
+    return cast(StepLoader, load_ensemble_steps)
+
+
+def _one_step(loader: Loader) -> StepLoader:
+    """A plain loader (a test's fake, a caller's own) as a StepLoader of one step."""
+
+    def steps(
+        model_dir: Path,
+        *,
+        device: str = "cpu",
+        mamba_weight: float | None = None,
+        ensemble_id: str = "file",
+        version: str | None = None,
+    ) -> Generator[str, None, EnsembleLike]:
+        ensemble = loader(
+            model_dir,
+            device=device,
+            mamba_weight=mamba_weight,
+            ensemble_id=ensemble_id,
+            version=version,
+        )
+        yield "load"
+        return ensemble
+
+    return steps
+
+
 def load_checked(
     loader: Loader, config: EnsembleConfig, *, feature_version: int | None = None
 ) -> EnsembleLike:
@@ -94,10 +145,18 @@ def load_checked(
     (manifest, files, shapes), ``check()`` (finite, equal to the reference window), and
     agreement with what the row promises and with the feature spec the service computes.
     """
+    return _run_all(load_checked_steps(_one_step(loader), config, feature_version=feature_version))
+
+
+def load_checked_steps(
+    loader: StepLoader, config: EnsembleConfig, *, feature_version: int | None = None
+) -> Generator[str, None, EnsembleLike]:
+    """``load_checked`` as a generator of steps (for ``BatchGate.run_steps``): the loader's
+    steps, then ``check()`` and the comparisons with the row, in the last step."""
     model_dir = config.model_dir
     if model_dir is None:
         raise ConfigError("no model directory configured")
-    ensemble = loader(
+    ensemble = yield from loader(
         model_dir,
         device=config.device,
         mamba_weight=config.mamba_weight,
@@ -136,6 +195,10 @@ class ModelManager:
     ``current`` is a plain reference: a reader takes it once per batch and uses that
     object for the whole batch, so a swap lands between two batches. ``on_swap`` hooks
     run before the reference changes; one that raises vetoes the swap (the old one stays).
+
+    ``gate``: give it to the service (``Service(gate=manager.gate)``); a hot reload then
+    loads one step per gap between two batches (``BatchGate``). Without a service holding
+    it, each step only waits ``gate.quiet_s`` for a batch that never comes.
     """
 
     def __init__(
@@ -150,6 +213,7 @@ class ModelManager:
         models_root: str | Path | None = None,
         feature_version: int | None = None,
         metrics: Any | None = None,
+        gate: BatchGate | None = None,
     ) -> None:
         self._config = config
         self._current = ensemble
@@ -173,6 +237,7 @@ class ModelManager:
         self._lock = threading.Lock()
         # One reload at a time: a NOTIFY and a poll must not load the same row twice.
         self.reload_lock = asyncio.Lock()
+        self.gate = gate if gate is not None else BatchGate()
 
     @property
     def current(self) -> Any | None:
@@ -198,9 +263,13 @@ class ModelManager:
 
     @property
     def loader(self) -> Loader:
-        if self._loader is None:
-            self._loader = default_loader()
-        return self._loader
+        """The plain loader: the one given, else ``load_ensemble``."""
+        return self._loader if self._loader is not None else default_loader()
+
+    @property
+    def step_loader(self) -> StepLoader:
+        """The loader in steps: ``load_ensemble_steps``, or a given loader as one step."""
+        return _one_step(self._loader) if self._loader is not None else default_step_loader()
 
     def on_swap(self, hook: SwapHook) -> None:
         """Call ``hook(ensemble, config)`` on every swap (e.g. the service's ``pipeline.swap``)."""
@@ -242,10 +311,24 @@ class ModelManager:
             self.metrics.reloads.labels("ok" if ok else "failed").inc()
 
     async def load(self, config: EnsembleConfig) -> EnsembleLike:
-        """``load_checked`` in a worker thread, so the event loop keeps serving meanwhile."""
-        return await asyncio.to_thread(
-            load_checked, self.loader, config, feature_version=self.feature_version
-        )
+        """``load_checked`` in a worker thread, so the event loop keeps serving meanwhile.
+
+        Once serving (``started``), one step per gap between the service's batches
+        (``gate``): a live batch then waits for at most one step of the load. The first
+        load, at start, has no batches to protect and runs its steps back to back.
+        """
+        steps = load_checked_steps(self.step_loader, config, feature_version=self.feature_version)
+        if self.started:
+            return await self.gate.run_steps(steps)
+        return await asyncio.to_thread(_run_all, steps)
+
+
+def _run_all(steps: Generator[str, None, EnsembleLike]) -> EnsembleLike:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(EnsembleLike, done.value)
 
 
 async def _read_active(db: Database | asyncpg.Connection, timeout: float | None) -> Any:
@@ -280,7 +363,7 @@ async def check_hot_reload(
             if row is None:
                 log.info("no active ensemble row any more: back to %s config", config.source)
             ensemble = await manager.load(config) if config.enabled else None
-            manager.swap(ensemble, config)
+            old = manager.swap(ensemble, config)
         except Exception as exc:
             # Whatever a bad row, file or hook raises (torch and onnxruntime have their own
             # errors): the old ensemble keeps serving and this row is not tried again.
@@ -298,6 +381,13 @@ async def check_hot_reload(
         manager.unloadable_row = None
         manager.count(True)
         log.info("hot reload to row %s done in %.0f ms", target, 1e3 * (time.monotonic() - started))
+        if manager.started and old is not None:
+            # The old ensemble goes in a turn between batches: destroying its TorchScript
+            # module and ONNX Runtime session holds the GIL for 3-10 ms, and the service
+            # would otherwise drop the last reference at the start of a batch.
+            holder = [old]
+            del old
+            await manager.gate.release(holder)
         return True
 
 

@@ -151,8 +151,9 @@ class Reloader:
                 swapped = await check_hot_reload(
                     self._conn, self.manager, read_timeout=self.read_timeout
                 )
-                if swapped and notified_at is not None:
-                    self.last_latency_s = time.monotonic() - notified_at
+                swapped_at = self.manager.swapped_at
+                if swapped and notified_at is not None and swapped_at is not None:
+                    self.last_latency_s = swapped_at - notified_at
                     log.info("reload %.0f ms after NOTIFY", 1e3 * self.last_latency_s)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_s):

@@ -10,6 +10,7 @@ from typing import Any
 
 from stream_infer.config import EnsembleConfig, ServiceSettings
 from stream_infer.db import Database, PredictionSink
+from stream_infer.reload._gate import BatchGate
 from stream_infer.reload._manager import Loader, ModelManager, initialize
 from stream_infer.reload._reloader import Reloader
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 class EnsembleRuntime:
     """``async with EnsembleRuntime(settings) as rt:`` then give the service
-    ``ensemble=rt.provider`` and ``on_batch=rt.on_batch``.
+    ``ensemble=rt.provider``, ``on_batch=rt.on_batch`` and ``gate=rt.gate``.
 
     Without ``DB_HOST`` there is no reloader and no sink: the environment/TOML ensemble
     serves (or none). With it: ``initialize`` (database first, falls back when it is down),
@@ -116,6 +117,12 @@ class EnsembleRuntime:
                 "Times the reloader re-opened its Postgres connection.",
                 value=self.reloader.reconnects,
             )
+
+    @property
+    def gate(self) -> BatchGate | None:
+        """For ``Service(gate=...)``: a hot reload loads one step per gap between batches
+        (``BatchGate``). None before ``start``."""
+        return None if self.manager is None else self.manager.gate
 
     @property
     def provider(self) -> Callable[[], Any | None]:

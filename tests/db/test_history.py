@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
+from stream_infer import DatabaseError
 from stream_infer.candles import read_klines
+from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, PostgresHistory, load_candles, load_klines_files
+from stream_infer.kafka import free_port
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.services
@@ -53,3 +58,81 @@ async def test_spread_kept(pg_db: Database) -> None:
         assert await load_candles(conn, frame) == 3
     got = await PostgresHistory(pg_db).fetch("BTCUSDT", "1m", None, 3)
     assert [c.spread_bps for c in got] == [1.5, None, 0.0]
+
+
+async def test_fetch_many_reads_many_streams_each_before_its_own_bound_in_one_query(
+    pg_db: Database,
+) -> None:
+    frame = read_klines(BTC)
+    other = frame.copy()
+    other["symbol"] = "ETHUSDT"
+    async with pg_db.acquire() as conn:
+        assert await load_candles(conn, frame) == len(frame)
+        assert await load_candles(conn, other) == len(frame)
+    times = frame["open_time"]
+    bounds = {
+        ("BTCUSDT", "1m"): int(times.iloc[1000]),
+        ("ETHUSDT", "1m"): int(times.iloc[3000]),
+        ("ETHUSDT", "5m"): int(times.iloc[3000]),  # no such stream
+        ("NOPE", "1m"): int(times.iloc[3000]),
+    }
+    history = CountingHistory(pg_db)
+    got = await history.fetch_many(bounds, 463)
+    assert history.queries == 1, "one round trip for all streams"
+    assert set(got) == {("BTCUSDT", "1m"), ("ETHUSDT", "1m")}
+    assert [c.open_time for c in got[("BTCUSDT", "1m")]] == times.iloc[537:1000].tolist()
+    assert [c.open_time for c in got[("ETHUSDT", "1m")]] == times.iloc[2537:3000].tolist()
+    assert {c.symbol for c in got[("ETHUSDT", "1m")]} == {"ETHUSDT"}
+    # the same candles, field for field, as the one-stream read
+    assert got[("BTCUSDT", "1m")] == await history.fetch(
+        "BTCUSDT", "1m", bounds["BTCUSDT", "1m"], 463
+    )
+    # fewer rows than asked: all of them; chunked: the same answer in more queries
+    few = await history.fetch_many({("BTCUSDT", "1m"): int(times.iloc[10])}, 463)
+    assert [c.open_time for c in few[("BTCUSDT", "1m")]] == times.iloc[:10].tolist()
+    chunked = CountingHistory(pg_db, max_streams_per_query=1)
+    assert await chunked.fetch_many(bounds, 463) == got
+    assert chunked.queries == len(bounds)
+    first = int(times.iloc[0])
+    assert await history.fetch_many({("BTCUSDT", "1m"): first}, 463) == {}
+    assert await history.fetch_many(bounds, 0) == {}
+    assert await history.fetch_many({}, 10) == {}
+
+
+async def test_ping_needs_the_candles_table_and_fails_as_a_database_error(
+    pg_db: Database, pg_settings: DatabaseSettings
+) -> None:
+    history = PostgresHistory(pg_db)
+    await history.ping()
+    assert str(history) == f"Postgres candles at {pg_db.dsn}"
+    down = Database(pg_settings.model_copy(update={"port": free_port()}), connect_timeout=1.0)
+    try:
+        with pytest.raises(DatabaseError, match="candle history"):
+            await PostgresHistory(down).ping()
+        with pytest.raises(DatabaseError, match="candle history"):
+            await PostgresHistory(down).fetch_many({("BTCUSDT", "1m"): 1}, 5)
+    finally:
+        await down.close()
+    async with pg_db.acquire() as conn:
+        await conn.execute("DROP TABLE candles")
+    with pytest.raises(DatabaseError, match="candles"):
+        await history.ping()
+
+
+class CountingHistory(PostgresHistory):
+    """The real reader, counting the connections it takes (one per query here)."""
+
+    def __init__(self, db: Database, **kw: Any) -> None:
+        self.queries = 0
+        super().__init__(cast(Database, _CountingDatabase(db, self)), **kw)
+
+
+class _CountingDatabase:
+    def __init__(self, db: Database, owner: CountingHistory) -> None:
+        self._db = db
+        self._owner = owner
+        self.dsn = db.dsn
+
+    def acquire(self) -> Any:
+        self._owner.queries += 1
+        return self._db.acquire()

@@ -3,6 +3,7 @@ and that the broker it started is gone afterwards, on a normal exit and on Ctrl-
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -30,7 +31,9 @@ SUMMARY = re.compile(
     r"latency_ms p50=(\d+\.\d+) p99=(\d+\.\d+) symbols=(\d+) version=(\S+)$",
     re.M,
 )
-FIRST = 462  # index of a stream's first prediction: 400 to warm up + 64 rows - 2
+# Index of a stream's first prediction: 400 to warm up, then seq_len ready rows (0-based).
+SEQ_LEN = json.loads((REPO / "artifacts" / "ensemble-v1" / "manifest.json").read_text())["seq_len"]
+FIRST = 399 + SEQ_LEN - 1
 
 
 def demo_cmd(*args: str) -> list[str]:
@@ -87,7 +90,7 @@ def read_predictions(path: Path) -> list[Prediction]:
 
 
 def check_every_candle_predicted_once(out: str, preds: list[Prediction]) -> dict[str, int]:
-    """Per symbol: a prediction for each candle sent from the 463rd on, exactly once."""
+    """Per symbol: a prediction for each candle sent from the (FIRST + 1)th on, exactly once."""
     sent = {m[1]: (int(m[2]), Path(m[3])) for m in DATA_LINE.finditer(out)}
     assert sent, "no data lines"
     by_symbol: dict[str, list[int]] = defaultdict(list)

@@ -16,7 +16,14 @@ import pytest
 from stream_infer.candles import Candle, read_klines
 from stream_infer.config import KafkaSettings
 from stream_infer.events import decode_dead_letter, decode_prediction, encode_candle
-from stream_infer.kafka import KafkaHistory, Service, frame_candles, make_producer, produce_events
+from stream_infer.kafka import (
+    KafkaHistory,
+    Service,
+    frame_candles,
+    history_need,
+    make_producer,
+    produce_events,
+)
 from stream_infer.pipeline import Pipeline
 from tests.conftest import DATA
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
@@ -385,7 +392,7 @@ async def test_a_restarted_member_predicts_at_once_even_if_its_first_history_rea
     for p in got:
         assert_same_prediction(p, want[(p.symbol, p.open_time)])
     assert history.failures == 1
-    assert second.stats.history_candles == 3 * (399 + ensemble.seq_len)
+    assert second.stats.history_candles == 3 * history_need(Pipeline(ensemble))
     assert second.stats.predictions == len(want) - n_first
 
 

@@ -24,7 +24,7 @@ def test_committed_artifacts_load_and_verify() -> None:
     }
     ens = load_ensemble(d)
     assert isinstance(ens, Ensemble)
-    assert ens.version == "ensemble-v1" and ens.horizons == (1, 5, 15) and ens.seq_len == 64
+    assert ens.version == "ensemble-v1" and ens.horizons == (1, 5, 15) and ens.seq_len == 32
     ens.check()
     total = sum(p.stat().st_size for p in d.iterdir())
     assert total < 5_000_000

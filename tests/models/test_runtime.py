@@ -21,7 +21,7 @@ from stream_infer.models._runtime import combine
 
 def test_round_trip_equals_the_in_memory_models(tiny: TrainResult) -> None:
     ens = load_ensemble(tiny.out_dir)
-    assert ens.horizons == (1, 5, 15) and ens.seq_len == 64 and ens.version == "tiny-test"
+    assert ens.horizons == (1, 5, 15) and ens.seq_len == 32 and ens.version == "tiny-test"
     assert ens.feature_version == 1 and ens.mamba_weight == 0.5 and ens.ensemble_id == "file"
     test = tiny.splits["test"]
     windows = test.windows()
@@ -67,10 +67,11 @@ def test_immutable_and_input_checked(tiny: TrainResult) -> None:
         ens.mamba_weight = 0.9  # type: ignore[misc]
     with pytest.raises(TypeError):
         ens.manifest["version"] = "x"  # type: ignore[index]
-    for bad in (np.zeros((1, 63, 27)), np.zeros((64, 27)), np.zeros((1, 64, 26)), [[0.0]]):
+    n = ens.seq_len
+    for bad in (np.zeros((1, n - 1, 27)), np.zeros((n, 27)), np.zeros((1, n, 26)), [[0.0]]):
         with pytest.raises(ModelError):
             ens.predict(bad)  # type: ignore[arg-type]
-    assert ens.predict(np.zeros((0, 64, 27))).probabilities.shape == (0, 3)
+    assert ens.predict(np.zeros((0, n, 27))).probabilities.shape == (0, 3)
     # float32 input is accepted (converted), same numbers as float64 of the same values.
     w = tiny.splits["test"].windows(np.arange(2))
     a = ens.predict(w.astype(np.float32))

@@ -26,7 +26,7 @@ def test_manifest_records_the_run(tiny: TrainResult) -> None:
     d = tiny.out_dir
     assert json.loads((d / "manifest.json").read_text()) == m
     assert m["feature_version"] == 1 and len(m["feature_names"]) == 27
-    assert m["horizons"] == [1, 5, 15] and m["seq_len"] == 64 and m["mamba_weight"] == 0.5
+    assert m["horizons"] == [1, 5, 15] and m["seq_len"] == 32 and m["mamba_weight"] == 0.5
     for name, digest in m["checksums"].items():
         assert sha256_file(d / name) == digest
     (data,) = m["data"]

@@ -329,3 +329,60 @@ def test_enabling_a_model_later_needs_no_rebuild_within_the_headroom() -> None:
     assert [x.open_time for x in out.predictions] == [candle(80).open_time]
     p.swap(FakeEnsemble(seq_len=65))
     assert p.stale_streams() == [("BTCUSDT", "1m")]
+
+
+def test_hold_stops_before_a_new_stream_and_lists_every_new_stream_of_the_rest() -> None:
+    ens = FakeEnsemble(seq_len=2)
+    p = make(ens)
+    p.warm([candle(i, "OLD") for i in range(10)], partition=0)
+    batch = [
+        *msgs([candle(10, "OLD")], partition=0, start=0),
+        Inbound(b"not json", 0, 1, 100.0),
+        *msgs([candle(20, "NEW")], partition=0, start=2),  # held here
+        *msgs([candle(11, "OLD")], partition=0, start=3),
+        *msgs([candle(5, "OTHER", is_closed=False)], partition=1, start=0),  # changes nothing
+        *msgs([candle(6, "OTHER"), candle(7, "OTHER")], partition=1, start=1),
+        *msgs([candle(21, "NEW")], partition=0, start=4),
+        *msgs([candle(3, "FREE")], partition=2, start=0),  # hold refuses it: not listed
+    ]
+    asked: list[tuple[int, str, str]] = []
+
+    def hold(partition: int, symbol: str, interval: str) -> bool:
+        asked.append((partition, symbol, interval))
+        return symbol != "FREE"
+
+    out = p.process(batch, hold=hold)
+    assert out.held_at == 2
+    assert [(h.partition, h.offset, h.candle.symbol, h.candle.open_time) for h in out.held] == [
+        (0, 2, "NEW", candle(20).open_time),
+        (1, 1, "OTHER", candle(6).open_time),
+    ]
+    # only what came before the held message was processed, and is committable
+    assert [x.open_time for x in out.predictions] == [candle(10).open_time]
+    assert out.offsets == {0: 1} and out.counts.messages == 2
+    assert len(out.dead_letters) == 1 and p.stream_state("NEW", "1m") is None
+    assert ("FREE" not in {s.symbol for s in p.stream_states()}) and asked
+
+    # the caller warms the held streams, then goes on from the held message
+    p.warm([candle(i, "NEW") for i in range(10, 20)], partition=0)
+    rest = p.process(batch[out.held_at :], hold=lambda *_: False)
+    assert rest.held_at is None and rest.held == ()
+    assert [(x.symbol, x.open_time) for x in rest.predictions] == [
+        ("NEW", candle(20).open_time),
+        ("OLD", candle(11).open_time),
+        ("NEW", candle(21).open_time),
+    ]
+    assert rest.offsets == {0: 4, 1: 2, 2: 0}
+    # without ``hold`` nothing changes: streams start cold
+    assert make(ens).process(batch).held_at is None
+
+
+def test_hold_also_claims_a_stream_too_short_for_a_new_ensemble() -> None:
+    p = make(FakeEnsemble(seq_len=2), keep_rows=2)
+    p.warm([candle(i) for i in range(10)], partition=0)
+    p.swap(FakeEnsemble(seq_len=4))
+    out = p.process(msgs([candle(10)], start=10), hold=lambda *_: True)
+    assert out.held_at == 0 and [h.candle.open_time for h in out.held] == [candle(10).open_time]
+    p.warm([candle(i) for i in range(10)], partition=0)  # now 4 rows are kept
+    again = p.process(msgs([candle(10)], start=10), hold=lambda *_: True)
+    assert again.held_at is None and len(again.predictions) == 1

@@ -127,7 +127,9 @@ async def _flood(
                     }
                 )
                 # the first full polls are behind us: from here on, growth is the backlog's
-                if baseline is None and consumed >= 3 * s.kafka_max_poll_records + n_symbols * 463:
+                if baseline is None and consumed >= 3 * s.kafka_max_poll_records + n_symbols * (
+                    399 + twin.seq_len
+                ):
                     baseline = svc.hwm_mb()
                     samples[-1]["baseline"] = baseline
                 if producing.done() and consumed >= produced.count:

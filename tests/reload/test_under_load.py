@@ -1,23 +1,27 @@
 """Hot reload under load: a continuous candle stream through the Kafka service across
 ``activate``. Every ready candle gets exactly one prediction, from the old or the new
-ensemble (never both, never neither), and the switch shows within 1 s of the activation.
-The predictions sink, fed from the same batches, ends with the same set exactly once.
+ensemble (never both, never neither), the switch shows within 1 s of the activation, and
+the live candles keep the service's latency bound, end to end (produce -> prediction
+consumed, p99 <= 25 ms). The predictions sink, fed from the same batches, ends with the
+same set exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from stream_infer.config import EnsembleConfig, ServiceSettings
+from stream_infer.config import ServiceSettings
 from stream_infer.db import Database, PredictionSink, activate_row
-from stream_infer.reload import Reloader, activate, initialize
-from stream_infer.reload._manager import default_loader, load_checked
+from stream_infer.reload import Reloader, activate, check_model_dir, initialize
+from tests.conftest import REPO
 from tests.reload._fakes import row_paths
 
 kafka = pytest.importorskip("stream_infer.kafka")
@@ -33,22 +37,31 @@ pytestmark = pytest.mark.services
 EXTRA_WARM = 16
 LIVE = 250  # per symbol, sent at a steady rate across the activation
 RATE = 250.0  # candles per second, all symbols together
+CHUNK = 5  # sent together on the schedule
+P99_BOUND_MS = 25.0  # the service's bound, end to end on the embedded broker
+
+
+async def _wait_for(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 async def _switch_under_load(
     pg_db: Database, kafka_topics: Any, real_ensemble_dir: Path, tmp_path: Path
 ) -> float:
-    """The scenario and its delivery checks; returns the live latency p99 across the swap."""
+    """The scenario and its checks; returns the live candles' end-to-end p99 (ms)."""
     settings = kafka_topics(partitions=2)
     root = tmp_path / "models"
     for name in ("old", "new"):
-        shutil.copytree(real_ensemble_dir, root / name)
+        shutil.copytree(real_ensemble_dir, root / name, ignore=shutil.ignore_patterns(".cache"))
     old_row = await activate(pg_db, root / "old", version="old", models_root=root)
-    # the operator's check of the new directory, before the load starts (see activate_midway)
-    checked = load_checked(
-        default_loader(),
-        EnsembleConfig(enabled=True, source="default", lgbm_models_dir=str(root / "new")),
-    )
+    # What `stream-infer activate` does before its row, in the operator's own process: the
+    # check-load, and the frozen Mamba cached beside the artifacts (see activate_midway).
+    checked, _ = await check_model_dir(root / "new", models_root=root)
+    assert list((root / "new" / ".cache").glob("mamba-*.frozen.pt"))
     _, manager = await initialize(
         pg_db, None, settings=ServiceSettings(models_root=str(root)), env={}
     )
@@ -63,6 +76,7 @@ async def _switch_under_load(
         settings,
         ensemble=lambda: manager.current,
         on_batch=lambda r: sink.offer(r.predictions),
+        gate=manager.gate,  # what `stream-infer run` wires: the load goes between batches
     )
     a = real_candles("AAAUSDT", warm_n + LIVE, source=NEAR)
     b = real_candles("BBBUSDT", warm_n + LIVE, source=BTC)
@@ -75,10 +89,38 @@ async def _switch_under_load(
     streams = [a, b]
     warm = interleave([s[:warm_n] for s in streams])
     live = interleave([s[warm_n:] for s in streams])
+    # The live side runs in its own process (tests/reload/_loadgen.py): it sends the live
+    # candles on a fixed schedule and times each one to its prediction's arrival.
+    spec = tmp_path / "loadgen.json"
+    spec.write_bytes(
+        orjson.dumps(
+            {
+                "bootstrap": settings.kafka_bootstrap_servers,
+                "candles_topic": settings.kafka_candles_topic,
+                "predictions_topic": settings.kafka_predictions_topic,
+                "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+                "rate": RATE,
+                "chunk": CHUNK,
+                "events": [[c.symbol, encode_candle(c).decode()] for c in live],
+            }
+        )
+    )
+    timings = tmp_path / "loadgen-out.json"
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.reload._loadgen",
+        str(spec),
+        str(timings),
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert gen.stdin is not None and gen.stdout is not None
     producer = kafka.make_producer(settings.kafka_bootstrap_servers, linger_ms=0)
     await producer.start()
     run = asyncio.create_task(service.run())
-    activated_ms = 0
+    activated_ms = 0.0
     try:
         await service.wait_assigned(30)
         async with Reloader(pg_db, manager, poll_s=30) as reloader:
@@ -87,34 +129,33 @@ async def _switch_under_load(
             await kafka.produce_events(
                 producer, topic, [(c.symbol.encode(), encode_candle(c)) for c in warm]
             )
-
-            async def activate_midway() -> tuple[int, float]:
-                await asyncio.sleep(len(live) / RATE / 2)
-                # What `stream-infer activate` does once its check-load (done above, as the
-                # operator's own process would) passed: the row, made active, NOTIFY. Its
-                # load must not share this event loop with the service: torch holds the GIL
-                # while it deserialises, and the test would time itself, not the service.
-                async with pg_db.acquire() as conn:
-                    row = await activate_row(
-                        conn,
-                        version="new",
-                        **row_paths(root / "new"),
-                        mamba_weight=float(checked.mamba_weight),
-                        horizons=[int(h) for h in checked.horizons],
-                        seq_len=int(checked.seq_len),
-                        feature_version=int(checked.feature_version),
-                    )
-                return row.id, time.time() * 1000
-
-            async def paced() -> None:
-                # Chunks on a fixed schedule: waiting for each single ack would fall behind.
-                events = [(c.symbol.encode(), encode_candle(c)) for c in live]
-                t0 = time.monotonic()
-                for i in range(0, len(events), 5):
-                    await asyncio.sleep(max(0.0, t0 + i / RATE - time.monotonic()))
-                    await kafka.produce_events(producer, topic, events[i : i + 5])
-
-            (new_id, activated_ms), _ = await asyncio.gather(activate_midway(), paced())
+            assert (await asyncio.wait_for(gen.stdout.readline(), 30)).strip() == b"ready"
+            # The live stream starts once the service is through the warm-up backlog (~1000
+            # candles, one 35-65 ms batch: a burst, not the steady stream this test bounds).
+            # Started at once, the first live candles landed in that batch in about 1 run
+            # in 4: 5 of 500 candles at 50-70 ms, a p99 that had nothing to do with reloads.
+            await _wait_for(lambda: service.stats.messages >= len(warm), 30, "the warm-up")
+            gen.stdin.write(b"go\n")
+            await gen.stdin.drain()
+            line = await asyncio.wait_for(gen.stdout.readline(), 10)
+            assert line.startswith(b"live ")
+            await asyncio.sleep(len(live) / RATE / 2)
+            # What `stream-infer activate` does once its check (done above, as the
+            # operator's own process would) passed: the row, made active, NOTIFY. Its
+            # load must not share this process with the service: torch holds the GIL
+            # while it deserialises, and the test would time itself, not the service.
+            async with pg_db.acquire() as conn:
+                row = await activate_row(
+                    conn,
+                    version="new",
+                    **row_paths(root / "new"),
+                    mamba_weight=float(checked.mamba_weight),
+                    horizons=[int(h) for h in checked.horizons],
+                    seq_len=int(checked.seq_len),
+                    feature_version=int(checked.feature_version),
+                )
+            new_id, activated_ms = row.id, time.time() * 1000
+            assert await asyncio.wait_for(gen.wait(), 90) == 0
             expected = 2 * (warm_n + LIVE - (399 + seq_len - 1))
             records = await read_topic(
                 settings.kafka_bootstrap_servers,
@@ -125,6 +166,9 @@ async def _switch_under_load(
             )
             assert manager.reloads_ok == 1 and reloader.reloads_failed == 0
     finally:
+        if gen.returncode is None:
+            gen.kill()
+            await gen.wait()
         service.request_stop()
         await asyncio.wait_for(run, 30)
         await producer.stop()
@@ -146,12 +190,25 @@ async def _switch_under_load(
         f"{sum(p.ensemble_id == str(new_id) for p in preds)} from the new ensemble"
     )
     assert visible_ms < 1000
-    # No latency spike from loading the new version beside the serving one: the live
-    # candles' latency (received -> handed to the producer) keeps the service's p99 bound.
-    live_from = live[0].open_time
-    lat = sorted(p.latency_ms for p in preds if p.open_time >= live_from)
+
+    # End to end, per live candle: sent by the load generator -> its prediction consumed
+    # there (one process, one clock). Every live candle's prediction arrived.
+    out = orjson.loads(timings.read_bytes())
+    assert out["sent"] == len(live) and not out["missing"], out["missing"][:5]
+    lat = sorted(out["latency_ms"].values())
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-    print(f"live latency across the reload: p99 {p99:.2f} ms, max {lat[-1]:.2f} ms (n={len(lat)})")
+    worst = max(out["latency_ms"], key=out["latency_ms"].get)
+    live_from = live[0].open_time
+    inside = sorted(p.latency_ms for p in preds if p.open_time >= live_from)
+    gate = manager.gate
+    print(
+        f"live candles end to end across the reload: median {lat[len(lat) // 2]:.2f} ms, "
+        f"p99 {p99:.2f} ms, max {lat[-1]:.2f} ms (n={len(lat)}); inside the service "
+        f"(received -> prediction built) p99 {inside[int(0.99 * len(inside))]:.2f} ms; "
+        f"load steps {gate.steps}, longest a batch waited for one "
+        f"{1000 * gate.max_batch_wait_s:.1f} ms; the slowest candle was sent "
+        f"{out['sent_at_ms'][worst] - activated_ms:+.0f} ms from the activation"
+    )
 
     assert await sink.flush(10)
     await sink.close()
@@ -166,21 +223,12 @@ async def _switch_under_load(
 async def test_switch_under_load(
     pg_db: Database, kafka_topics: Any, real_ensemble_dir: Path, tmp_path: Path
 ) -> None:
-    """Exactly one prediction per candle across the swap, visible within 1 s, sink equal."""
-    await _switch_under_load(pg_db, kafka_topics, real_ensemble_dir, tmp_path)
+    """Exactly one prediction per candle across the swap, visible within 1 s, sink equal, and
+    the live candles' end-to-end p99 within the service's bound (25 ms).
 
-
-@pytest.mark.slow
-async def test_no_latency_spike_across_a_reload(
-    pg_db: Database, kafka_topics: Any, real_ensemble_dir: Path, tmp_path: Path
-) -> None:
-    """The live p99 across the swap stays within the service's bound (25 ms).
-
-    NOT reliably met on the 2-core machine (about 1 run in 4 fails): loading the new
-    version beside the serving one holds the GIL in ~12-15 ms chunks (torch.jit.load,
-    torch.jit.freeze, TorchScript's first compile), and in a 2 s window of 500 predictions
-    one stalled batch of 5 is the p99. Deselected by default for that reason, with the
-    bound unchanged; the default test above keeps every delivery check.
+    ~12 s. Measured on the 2-core machine shared with other jobs: p99 11.7-15.4 ms in 10
+    runs, 14.8-20.7 ms in 5 runs beside a process spinning on one core (docs/postgres.md,
+    "Under load").
     """
     p99 = await _switch_under_load(pg_db, kafka_topics, real_ensemble_dir, tmp_path)
-    assert p99 <= 25.0
+    assert p99 <= P99_BOUND_MS
