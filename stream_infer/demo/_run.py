@@ -179,11 +179,14 @@ async def run_demo(
             f"horizons={list(ensemble.horizons)} seq_len={ensemble.seq_len}"
         )
 
-        from stream_infer.kafka import history_need
+        from stream_infer.kafka import READY_INDEX
         from stream_infer.pipeline import Pipeline
 
         pipeline = Pipeline(ensemble)
-        first_index = history_need(pipeline) - 1  # a stream's first prediction: this candle index
+        # A stream's first prediction: this candle index (0-based; Pipeline's readiness rule).
+        first_index = (
+            READY_INDEX + (ensemble.seq_len if ensemble is not None else pipeline.keep_rows) - 1
+        )
         gate = db_ctx.runtime.gate if db_ctx is not None else None
         service, service_task = await _start_service(
             stack, pipeline, kafka, provider, on_batch, gate
