@@ -174,6 +174,33 @@ class Collector:
         return self.records
 
 
+async def produce_paced(
+    bootstrap: str,
+    topic: str,
+    candles: Sequence[Candle],
+    rate: float,
+    where: dict[tuple[str, int], tuple[int, int]],
+) -> None:
+    """Produce ``candles`` (key = symbol) at ``rate`` per second, each acknowledged before the
+    next; records each one's (partition, offset) in ``where`` by (symbol, open_time)."""
+    from stream_infer.events import encode_candle
+    from stream_infer.kafka import make_producer
+
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        for i, c in enumerate(candles):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            fut = await producer.send(topic, encode_candle(c), key=c.symbol.encode())
+            md = await fut
+            where[(c.symbol, c.open_time)] = (md.partition, md.offset)
+    finally:
+        await producer.stop()
+
+
 def offline(ensemble: Any, values: Sequence[bytes], batch: int = 64) -> tuple[dict[Any, Any], Any]:
     """The replay twin: the same messages through a fresh Pipeline, no broker.
 

@@ -27,6 +27,7 @@ from tests.kafka._util import (
     assert_same_prediction,
     interleave,
     offline,
+    produce_paced,
     real_candles,
 )
 
@@ -105,22 +106,8 @@ async def test_sigkill_and_restart_loses_nothing_and_rebuilds_state(
     log = tmp_path / "service.log"
     where: dict[tuple[str, int], tuple[int, int]] = {}  # (symbol, open_time) -> (partition, offset)
 
-    async def produce(rate: float) -> None:
-        producer = make_producer(kafka_broker.bootstrap)
-        await producer.start()
-        try:
-            t0 = time.perf_counter()
-            for i, c in enumerate(feed):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                fut = await producer.send(
-                    s.kafka_candles_topic, encode_candle(c), key=c.symbol.encode()
-                )
-                md = await fut
-                where[(c.symbol, c.open_time)] = (md.partition, md.offset)
-        finally:
-            await producer.stop()
+    def produce(rate: float) -> Any:
+        return produce_paced(kafka_broker.bootstrap, s.kafka_candles_topic, feed, rate, where)
 
     first = start_service(s, ensemble_dir, log)
     second: subprocess.Popen[bytes] | None = None
