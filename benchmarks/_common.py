@@ -197,7 +197,7 @@ def events(streams: Sequence[Sequence[Candle]], start: int, stop: int) -> list[t
 
 
 def _service_child(
-    settings: dict[str, Any], models: str, ready: Any, out: Any, profile: str | None
+    settings: dict[str, Any], models: str, profile: str | None, ready: Any, out: Any
 ) -> None:
     import signal
 
@@ -237,25 +237,23 @@ def _service_child(
         prof.dump_stats(profile)
 
 
-@contextlib.contextmanager
-def service_process(
-    settings: KafkaSettings, models: Path = SHIPPED, *, profile: Path | None = None
-) -> Iterator[dict[str, Any]]:
-    """The service in a child process, assigned its partitions; yields a dict that holds the
-    service's ``Stats.as_dict()`` once the block ends (SIGTERM: it finishes and commits).
-    ``profile``: run the child under cProfile and dump the stats there."""
-    ctx = mp.get_context("spawn")
-    ready, out = ctx.Event(), ctx.Queue()
-    kw = {
+def settings_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """``settings`` as keyword arguments a spawned child can rebuild them from."""
+    return {
         k: v
         for k, v in settings.model_dump(mode="python").items()
         if v is not None and not k.endswith("password")
     }
-    proc = ctx.Process(
-        target=_service_child,
-        args=(kw, str(models), ready, out, None if profile is None else str(profile)),
-        daemon=True,
-    )
+
+
+@contextlib.contextmanager
+def child_process(target: Any, *args: Any) -> Iterator[dict[str, Any]]:
+    """``target(*args, ready, out)`` in a spawned process, until it sets ``ready`` (assigned
+    its partitions); yields a dict that holds what it puts on ``out`` once told to stop
+    (SIGTERM at the end of the block)."""
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, ready, out), daemon=True)
     proc.start()
     result: dict[str, Any] = {}
     try:
@@ -271,6 +269,20 @@ def service_process(
         if proc.is_alive():
             proc.kill()
             proc.join(5)
+
+
+def service_process(
+    settings: KafkaSettings, models: Path = SHIPPED, *, profile: Path | None = None
+) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    """The service in a child process, assigned its partitions; yields a dict that holds the
+    service's ``Stats.as_dict()`` once the block ends (SIGTERM: it finishes and commits).
+    ``profile``: run the child under cProfile and dump the stats there."""
+    return child_process(
+        _service_child,
+        settings_kwargs(settings),
+        str(models),
+        None if profile is None else str(profile),
+    )
 
 
 async def make_topics(bootstrap: str, name: str, fetch_max_wait_ms: int) -> KafkaSettings:

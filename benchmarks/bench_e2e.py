@@ -8,6 +8,9 @@ process; this process produces candles and consumes predictions, timing both on 
   prediction read by a consumer here. Two broker hops (candle in, prediction out).
 * single floor: single once more with a model that costs nothing (same service, same
   features and Kafka path): what the broker hops and the service's I/O take on their own.
+* single echo: the same two hops through a bare aiokafka echo in place of the service
+  (consumer group, every record re-sent to the predictions topic with acks=all, then an
+  offset commit; no stream_infer code): the least any aiokafka service can take here.
 * burst: ``symbols`` warm symbols close a minute at once: the last candle of the burst
   acknowledged by the broker -> the last of its predictions read here.
 
@@ -24,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -40,6 +42,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import child_process, settings_kwargs  # noqa: E402
 
 from stream_infer.candles import read_klines  # noqa: E402
 from stream_infer.config import KafkaSettings  # noqa: E402
@@ -122,31 +127,59 @@ def _service_main(
     asyncio.run(main())
 
 
-@contextlib.contextmanager
+def _echo_main(settings: dict[str, Any], use_uvloop: bool, ready: Any, out: Any) -> None:
+    """Candles topic -> predictions topic, the bytes unchanged, with the service's Kafka
+    calls (group consumer, acks=all sends awaited, then a commit) and nothing else."""
+    import signal
+
+    from aiokafka import AIOKafkaConsumer
+
+    if use_uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    s = KafkaSettings(**settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.kafka_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+        )
+        producer = make_producer(s.kafka_bootstrap_servers)
+        await producer.start()
+        await consumer.start()
+        consumer.subscribe([s.kafka_candles_topic])
+        echoed = 0
+        try:
+            while not stop.is_set():
+                records = await consumer.getmany(timeout_ms=100)
+                if consumer.assignment() and not ready.is_set():
+                    ready.set()
+                futs = [
+                    await producer.send(s.kafka_predictions_topic, m.value, key=m.key)
+                    for msgs in records.values()
+                    for m in msgs
+                ]
+                if futs:
+                    await asyncio.gather(*futs)
+                    await consumer.commit()
+                    echoed += len(futs)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        out.put({"predictions": echoed})
+
+    asyncio.run(main())
+
+
 def _service(settings: KafkaSettings, models: Path, use_uvloop: bool, floor: bool = False) -> Any:
-    ctx = mp.get_context("spawn")
-    ready, out = ctx.Event(), ctx.Queue()
-    kw = settings.model_dump(mode="python")
-    kw = {k: v for k, v in kw.items() if v is not None and not k.endswith("password")}
-    proc = ctx.Process(
-        target=_service_main,
-        args=(kw, ("floor:" if floor else "") + str(models), use_uvloop, ready, out),
-        daemon=True,
-    )
-    proc.start()
-    result: dict[str, Any] = {}
-    try:
-        if not ready.wait(120):
-            raise RuntimeError("the service did not get its partitions within 120 s")
-        yield result
-    finally:
-        if proc.pid is not None and proc.is_alive():
-            os.kill(proc.pid, 15)
-        with contextlib.suppress(Exception):
-            result.update(out.get(timeout=30))
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
+    model_arg = ("floor:" if floor else "") + str(models)
+    return child_process(_service_main, settings_kwargs(settings), model_arg, use_uvloop)
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -275,18 +308,28 @@ async def _single(
     fetch_max_wait_ms: int,
     use_uvloop: bool,
     floor: bool = False,
+    echo: bool = False,
 ) -> dict[str, Any]:
-    s = await _topics(bootstrap, "single", fetch_max_wait_ms)
+    """One candle at a time through the service (``floor``: with a model that costs
+    nothing; ``echo``: a bare aiokafka echo instead of the service, no warm-up needed)."""
+    s = await _topics(bootstrap, "echo" if echo else "single", fetch_max_wait_ms)
     history = READY_INDEX + _seq_len(models) - 1
     rows = _rows(history + n + 20, 1000)
-    await _produce_all(
-        bootstrap,
-        s.kafka_candles_topic,
-        [(b"BTCUSDT", _event(r, "BTCUSDT", i)) for i, r in enumerate(rows[:history])],
-    )
+    if not echo:
+        await _produce_all(
+            bootstrap,
+            s.kafka_candles_topic,
+            [(b"BTCUSDT", _event(r, "BTCUSDT", i)) for i, r in enumerate(rows[:history])],
+        )
     lat: list[float] = []
-    with _service(s, models, use_uvloop, floor) as service_stats:
-        await _wait_committed(s, history)
+    child = (
+        child_process(_echo_main, settings_kwargs(s), use_uvloop)
+        if echo
+        else _service(s, models, use_uvloop, floor)
+    )
+    with child as service_stats:
+        if not echo:
+            await _wait_committed(s, history)
         consumer = await _consumer(bootstrap, s.kafka_predictions_topic, fetch_max_wait_ms)
         producer = make_producer(bootstrap)
         await producer.start()
@@ -404,7 +447,8 @@ def run(
     floor: bool = True,
 ) -> dict[str, Any]:
     """Both scenarios; single for each fetch wait x event loop, burst with the first of each.
-    ``floor``: single once more with a model that costs nothing (``single_floor``)."""
+    ``floor``: single once more with a model that costs nothing (``single_floor``) and
+    through a bare aiokafka echo (``single_echo``), at the last fetch wait."""
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if bootstrap is None:
             bootstrap = stack.enter_context(EmbeddedBroker()).bootstrap
@@ -430,6 +474,17 @@ def run(
                 _single(bootstrap, model_dir, single, fetch_max_wait_ms[-1], uvloop_modes[0], True)
             )
             res["single_floor"] = {
+                "fetch_max_wait_ms": fetch_max_wait_ms[-1],
+                "uvloop": uvloop_modes[0],
+                **r,
+            }
+            # the broker's share on its own: the two hops through a bare aiokafka echo
+            r = asyncio.run(
+                _single(
+                    bootstrap, model_dir, single, fetch_max_wait_ms[-1], uvloop_modes[0], echo=True
+                )
+            )
+            res["single_echo"] = {
                 "fetch_max_wait_ms": fetch_max_wait_ms[-1],
                 "uvloop": uvloop_modes[0],
                 **r,
@@ -480,6 +535,13 @@ def report(res: dict[str, Any]) -> str:
         lines.append(
             f"  floor, a model that costs nothing (fetch_max_wait_ms={fl['fetch_max_wait_ms']}): "
             f"median {fl['median_ms']:.2f} ms, p99 {fl['p99_ms']:.2f} ms (n={fl['n']})"
+        )
+    ec = res.get("single_echo")
+    if ec:
+        lines.append(
+            f"  broker floor, a bare aiokafka echo, no stream_infer code "
+            f"(fetch_max_wait_ms={ec['fetch_max_wait_ms']}): "
+            f"median {ec['median_ms']:.2f} ms, p99 {ec['p99_ms']:.2f} ms (n={ec['n']})"
         )
     b = res["burst"]
     lines.append(

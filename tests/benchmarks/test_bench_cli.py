@@ -79,6 +79,18 @@ def test_burst_and_throughput_tiny(bootstrap: str) -> None:
     assert set(t["core"]["us_per_candle"]) == {"total", "decode", "features", "model"}
 
 
+@pytest.mark.services
+def test_e2e_echo_floor_tiny(bootstrap: str) -> None:
+    import asyncio
+
+    import bench_e2e
+
+    # the bare echo forwards every candle once: n timed + 20 that warm the connections
+    r = asyncio.run(bench_e2e._single(bootstrap, bench_e2e.SHIPPED, 5, 1, False, echo=True))
+    assert r["n"] == 5 and _finite(r, "median_ms") > 0
+    assert r["service"]["predictions"] == 25
+
+
 def test_memory_tiny() -> None:
     import bench_memory
 
@@ -112,7 +124,11 @@ def test_table_marks_misses_and_passes() -> None:
             "load_avg_1m": 0.0,
         },
         "quick": False,
-        "e2e": {"single": [{"fetch_max_wait_ms": 5, "median_ms": 7.0, "p99_ms": 12.0}]},
+        "e2e": {
+            "single": [{"fetch_max_wait_ms": 5, "median_ms": 7.0, "p99_ms": 12.0}],
+            "single_floor": {"fetch_max_wait_ms": 1, "median_ms": 5.5, "p99_ms": 9.0},
+            "single_echo": {"fetch_max_wait_ms": 1, "median_ms": 4.75, "p99_ms": 8.0},
+        },
         "burst": {"broker": {"100": {"last_in_to_last_out": {"median_ms": 90.0, "p99_ms": 99}}}},
         "memory": {"results": [{"streams": 1000, "kb_per_stream": 40.0}]},
         "naive": {"ratio": 30.0, "naive_median_us": 20000.0},
@@ -120,6 +136,14 @@ def test_table_marks_misses_and_passes() -> None:
     }
     table = render(res)
     assert "| 7.00 | 12.00 | median <= 5 ms, p99 <= 25 ms | **no** |" in table
+    assert (
+        "model that costs nothing (broker + service I/O), ms; fetch wait 1 ms | 5.50 | 9.00 |"
+        in table
+    )
+    assert (
+        "bare aiokafka echo, no stream_infer code (the broker's floor), ms; fetch wait 1 ms | 4.75 | 8.00 |"
+        in table
+    )
     assert "| 90.0 | 99.0 | <= 150 ms | yes |" in table
     assert (
         "| (6) memory, 1,000 warm streams | RSS beyond the baseline, KB per stream | 40.0 |"
