@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,20 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import child_process, settings_kwargs  # noqa: E402
+from _common import (  # noqa: E402
+    child_process,
+    make_topics,
+    produce_all,
+    settings_kwargs,
+    summary_ms,
+    wait_committed,
+)
 
 from stream_infer.candles import read_klines  # noqa: E402
 from stream_infer.config import KafkaSettings  # noqa: E402
 from stream_infer.kafka import (  # noqa: E402
     READY_INDEX,
     EmbeddedBroker,
-    create_topics,
     make_producer,
 )
 
@@ -242,65 +247,6 @@ async def _consumer(bootstrap: str, topic: str, fetch_max_wait_ms: int) -> Any:
     return c
 
 
-async def _produce_all(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> None:
-    from stream_infer.kafka import produce_events
-
-    p = make_producer(bootstrap, linger_ms=5)
-    await p.start()
-    try:
-        await produce_events(p, topic, events)
-    finally:
-        await p.stop()
-
-
-async def _wait_committed(s: KafkaSettings, total: int, timeout: float = 300) -> None:
-    """Until the service's group has committed ``total`` records (it has processed them)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap_servers,
-        group_id=s.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await c.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (await c.committed(TopicPartition(s.kafka_candles_topic, 0)) or 0) >= total:
-                return
-            await asyncio.sleep(0.2)
-        raise RuntimeError("the service did not catch up with the warm-up history")
-    finally:
-        await c.stop()
-
-
-async def _topics(bootstrap: str, name: str, fetch_max_wait_ms: int) -> KafkaSettings:
-    base = f"bench.{name}.{uuid.uuid4().hex[:8]}"
-    s = KafkaSettings(
-        kafka_bootstrap_servers=bootstrap,
-        kafka_candles_topic=f"{base}.candles",
-        kafka_predictions_topic=f"{base}.predictions",
-        kafka_dlq_topic=f"{base}.dlq",
-        kafka_group_id=f"{base}.group",
-        kafka_fetch_max_wait_ms=fetch_max_wait_ms,
-    )
-    await create_topics(
-        bootstrap,
-        {s.kafka_candles_topic: 1, s.kafka_predictions_topic: 1, s.kafka_dlq_topic: 1},
-    )
-    return s
-
-
-def _summary(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {
-        "n": len(ms),
-        "median_ms": round(float(np.median(a)), 3),
-        "p99_ms": round(float(np.quantile(a, 0.99)), 3),
-        "max_ms": round(float(a.max()), 3),
-    }
-
-
 async def _single(
     bootstrap: str,
     models: Path,
@@ -312,11 +258,11 @@ async def _single(
 ) -> dict[str, Any]:
     """One candle at a time through the service (``floor``: with a model that costs
     nothing; ``echo``: a bare aiokafka echo instead of the service, no warm-up needed)."""
-    s = await _topics(bootstrap, "echo" if echo else "single", fetch_max_wait_ms)
+    s = await make_topics(bootstrap, "echo" if echo else "single", fetch_max_wait_ms)
     history = READY_INDEX + _seq_len(models) - 1
     rows = _rows(history + n + 20, 1000)
     if not echo:
-        await _produce_all(
+        await produce_all(
             bootstrap,
             s.kafka_candles_topic,
             [(b"BTCUSDT", _event(r, "BTCUSDT", i)) for i, r in enumerate(rows[:history])],
@@ -329,7 +275,7 @@ async def _single(
     )
     with child as service_stats:
         if not echo:
-            await _wait_committed(s, history)
+            await wait_committed(s, history)
         consumer = await _consumer(bootstrap, s.kafka_predictions_topic, fetch_max_wait_ms)
         producer = make_producer(bootstrap)
         await producer.start()
@@ -352,7 +298,7 @@ async def _single(
             await producer.stop()
             await consumer.stop()
     return {
-        **_summary(lat),
+        **summary_ms(lat),
         "service": {k: service_stats.get(k) for k in _SERVICE_KEYS},
     }
 
@@ -365,7 +311,7 @@ async def _burst(
     fetch_max_wait_ms: int,
     use_uvloop: bool,
 ) -> dict[str, Any]:
-    s = await _topics(bootstrap, "burst", fetch_max_wait_ms)
+    s = await make_topics(bootstrap, "burst", fetch_max_wait_ms)
     history = READY_INDEX + _seq_len(models) - 1
     names = [f"S{k:03d}USDT" for k in range(symbols)]
     data = read_klines(SOURCE)
@@ -377,12 +323,12 @@ async def _burst(
         (name.encode(), _event(per[name][m], name, m)) for m in range(history) for name in names
     ]
     t0 = time.perf_counter()
-    await _produce_all(bootstrap, s.kafka_candles_topic, warm)
+    await produce_all(bootstrap, s.kafka_candles_topic, warm)
     produced_s = time.perf_counter() - t0
     results: list[dict[str, float]] = []
     with _service(s, models, use_uvloop) as service_stats:
         t0 = time.perf_counter()
-        await _wait_committed(s, len(warm))
+        await wait_committed(s, len(warm))
         warm_s = time.perf_counter() - t0
         consumer = await _consumer(bootstrap, s.kafka_predictions_topic, fetch_max_wait_ms)
         producer = make_producer(bootstrap)

@@ -201,30 +201,26 @@ def rows(r: dict[str, Any]) -> list[Row]:
                 ",.2f",
             )
         )
-    fl = e.get("single_floor") or {}
-    if fl:
-        out.append(
-            Row(
-                "(3) one symbol end to end",
-                f"the same with a model that costs nothing (broker + service I/O), ms; "
-                f"fetch wait {fl.get('fetch_max_wait_ms')} ms",
-                _get(fl, "median_ms"),
-                _get(fl, "p99_ms"),
-                fmt=",.2f",
+    floors = (
+        ("single_floor", "the same with a model that costs nothing (broker + service I/O)"),
+        (
+            "single_echo",
+            "the same two hops through a bare aiokafka echo, no stream_infer code "
+            "(the broker's floor)",
+        ),
+    )
+    for key, what in floors:
+        fl = e.get(key) or {}
+        if fl:
+            out.append(
+                Row(
+                    "(3) one symbol end to end",
+                    f"{what}, ms; fetch wait {fl.get('fetch_max_wait_ms')} ms",
+                    _get(fl, "median_ms"),
+                    _get(fl, "p99_ms"),
+                    fmt=",.2f",
+                )
             )
-        )
-    ec = e.get("single_echo") or {}
-    if ec:
-        out.append(
-            Row(
-                "(3) one symbol end to end",
-                f"the same two hops through a bare aiokafka echo, no stream_infer code "
-                f"(the broker's floor), ms; fetch wait {ec.get('fetch_max_wait_ms')} ms",
-                _get(ec, "median_ms"),
-                _get(ec, "p99_ms"),
-                fmt=",.2f",
-            )
-        )
     burst = r.get("burst") or {}
     for n, target in ((100, 150.0), (1000, 1000.0)):
         bk = (burst.get("broker") or {}).get(str(n)) or {}
