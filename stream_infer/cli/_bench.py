@@ -38,9 +38,12 @@ def _have(module: str) -> bool:
     return (BENCH_DIR / f"{module}.py").is_file()
 
 
-def _plan(quick: bool) -> dict[str, tuple[str, Callable[[Any], dict[str, Any]]]]:
-    """name -> (module, how to call its run) at full or quick sizes."""
-    q = quick
+def _plan(
+    quick: bool, bootstrap: str | None = None
+) -> dict[str, tuple[str, Callable[[Any], dict[str, Any]]]]:
+    """name -> (module, how to call its run) at full or quick sizes; the broker ones on
+    ``bootstrap`` (None: the embedded broker, started by each of them)."""
+    q, kafka = quick, bootstrap
     return {
         "features": ("bench_features", lambda m: m.run(samples=30 if q else 150)),
         "models": (
@@ -50,6 +53,7 @@ def _plan(quick: bool) -> dict[str, tuple[str, Callable[[Any], dict[str, Any]]]]
         "e2e": (
             "bench_e2e",
             lambda m: m.run(
+                bootstrap=kafka,
                 single=40 if q else 300,
                 symbols=20 if q else 100,
                 bursts=2 if q else 3,
@@ -59,11 +63,13 @@ def _plan(quick: bool) -> dict[str, tuple[str, Callable[[Any], dict[str, Any]]]]
         ),
         "burst": (
             "bench_burst",
-            lambda m: m.run(sizes=(20, 100) if q else (100, 1000), trials=2 if q else 5),
+            lambda m: m.run(
+                sizes=(20, 100) if q else (100, 1000), trials=2 if q else 5, bootstrap=kafka
+            ),
         ),
         "throughput": (
             "bench_throughput",
-            lambda m: m.run(symbols=20, per_symbol=30) if q else m.run(symbols=200, per_symbol=250),
+            lambda m: m.run(symbols=20 if q else 200, per_symbol=30 if q else 250, bootstrap=kafka),
         ),
         "memory": (
             "bench_memory",
@@ -77,9 +83,13 @@ def _plan(quick: bool) -> dict[str, tuple[str, Callable[[Any], dict[str, Any]]]]
 
 
 def run_suite(
-    names: tuple[str, ...], quick: bool, echo: Callable[[str], None] = lambda _: None
+    names: tuple[str, ...],
+    quick: bool,
+    echo: Callable[[str], None] = lambda _: None,
+    bootstrap: str | None = None,
 ) -> dict[str, Any]:
-    """Run the named benchmarks in order; their results keyed by name, with the machine."""
+    """Run the named benchmarks in order; their results keyed by name, with the machine.
+    ``bootstrap``: a Kafka to measure the broker benchmarks on instead of the embedded one."""
     from stream_infer.models import tune_malloc
 
     tune_malloc()  # as `stream-infer run` does when models serve
@@ -87,8 +97,12 @@ def run_suite(
         raise ConfigError(
             f"no benchmarks folder at {BENCH_DIR}: run from a checkout of the repository"
         )
-    plan = _plan(quick)
-    results: dict[str, Any] = {"machine": _load("_common").machine(), "quick": quick}
+    plan = _plan(quick, bootstrap)
+    results: dict[str, Any] = {
+        "machine": _load("_common").machine(),
+        "quick": quick,
+        "broker": bootstrap or "embedded",
+    }
     for name in names:
         module, call = plan[name]
         if not _have(module):
@@ -324,6 +338,19 @@ def _cell(v: float | None, fmt: str) -> str:
     return "not run" if v is None else format(v, fmt)
 
 
+def _broker_line(broker: str) -> str:
+    where = (
+        "the embedded Tansu broker (it does not wake a waiting fetch, so every hop waits up "
+        "to the fetch wait stated; real Kafka does not)"
+        if broker == "embedded"
+        else f"the Kafka at {broker} (`--bootstrap`)"
+    )
+    return (
+        f"Broker: {where}. Service: `stream_infer.kafka.Service` in its own process, one "
+        "model thread, the shipped ensemble (artifacts/ensemble-v1)."
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -340,10 +367,7 @@ def render(results: dict[str, Any]) -> str:
         f"load average {m['load_avg_1m']} at the start, "
         f"{results.get('load_avg_1m_end', '?')} at the end; "
         f"mode: {'quick (small sizes: a smoke run)' if results['quick'] else 'full'}.",
-        "Broker: the embedded Tansu broker (it does not wake a waiting fetch, so every hop "
-        "waits up to the fetch wait stated; real Kafka does not). Service: "
-        "`stream_infer.kafka.Service` in its own process, one model thread, the shipped "
-        "ensemble (artifacts/ensemble-v1).",
+        _broker_line(results.get("broker", "embedded")),
         "",
         "| benchmark | metric | median | p99 | target | pass |",
         "|---|---|---:|---:|---|---|",
@@ -388,6 +412,14 @@ def bench_cmd(
     markdown: Annotated[Path, typer.Option("--markdown", help="The table to (re)write.")] = Path(
         "BENCHMARKS.md"
     ),
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap",
+            help="HOST:PORT of a Kafka to run the broker benchmarks (e2e, burst, throughput) "
+            "on, instead of the embedded broker. They create their own bench.* topics.",
+        ),
+    ] = None,
 ) -> None:
     """Run the benchmark suite in one process: feature update, model inference, end to end
     through the embedded broker, minute-boundary bursts, sustained throughput, memory per
@@ -397,7 +429,7 @@ def bench_cmd(
     if unknown:
         raise ConfigError(f"unknown benchmark(s) {unknown}; choose from {list(NAMES)}")
     names = tuple(n for n in NAMES if not only or n in only)
-    results = run_suite(names, quick, echo=lambda s: typer.echo(s, err=True))
+    results = run_suite(names, quick, echo=lambda s: typer.echo(s, err=True), bootstrap=bootstrap)
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = render(results)
     markdown.write_text(table)

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stream_infer.cli import app
-from stream_infer.cli._bench import BENCH_DIR, render, rows
+from stream_infer.cli._bench import BENCH_DIR, _plan, render, rows
 
 sys.path.insert(0, str(BENCH_DIR))
 
@@ -161,3 +161,32 @@ def test_table_marks_misses_and_passes() -> None:
     # through the broker: 20 ms naive / 7 ms ours
     ratio = next(r for r in rows(res) if "ours through the broker" in r.metric)
     assert ratio.median == pytest.approx(20 / 7, abs=0.05)
+
+
+def test_bootstrap_reaches_every_broker_benchmark_and_the_table() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.kwargs: dict[str, Any] = {}
+
+        def run(self, **kw: Any) -> dict[str, Any]:
+            self.kwargs = kw
+            return {}
+
+    plan = _plan(False, "kafka.example:9092")
+    for name in ("e2e", "burst", "throughput"):
+        rec = Recorder()
+        plan[name][1](rec)
+        assert rec.kwargs["bootstrap"] == "kafka.example:9092", name
+    rec = Recorder()
+    _plan(True)["e2e"][1](rec)
+    assert rec.kwargs["bootstrap"] is None  # the embedded broker
+    res: dict[str, Any] = {
+        "machine": {
+            k: "x" for k in ("cpu", "cores", "memory_gib", "python", "torch", "onnxruntime")
+        }
+        | {"date": "d", "load_avg_1m": 0.0},
+        "quick": True,
+        "broker": "kafka.example:9092",
+    }
+    assert "Broker: the Kafka at kafka.example:9092 (`--bootstrap`)." in render(res)
+    assert "the embedded Tansu broker" in render({**res, "broker": "embedded"})

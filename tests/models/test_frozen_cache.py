@@ -57,7 +57,10 @@ def test_the_cache_replaces_load_and_freeze_with_one_step(model_dir: Path) -> No
     assert out == frozen_cache_path(model_dir, sha) and out.is_file()
     assert _steps(model_dir) == ["torchscript (frozen cache)", "onnx"]
     cached = run_steps(load_ensemble_steps(model_dir))
-    assert cached.check() == {"mamba_max_diff": 0.0, "lgbm_max_diff": 0.0}
+    # The same numbers as load + freeze on this machine. (Against the outputs recorded at
+    # export they can differ by a float32 ulp when this CPU is not the exporting one:
+    # 6e-8 on an Intel VM for a model exported on an AMD one; check() bounds that.)
+    assert cached.check() == plain.check()
     x = _windows(model_dir)
     a, b = plain.predict(x), cached.predict(x)
     assert np.array_equal(a.mamba, b.mamba) and np.array_equal(a.probabilities, b.probabilities)
