@@ -1,9 +1,16 @@
 """Kafka fixtures (owned by the service work; see tests/kafka).
 
-Which broker (DESIGN.md, local stack): KAFKA_BOOTSTRAP_SERVERS when set; else a Kafka
-container when Docker runs and testcontainers is installed; else the embedded Tansu broker
-on a free loopback port. One broker per test session; every test gets its own topics and
-consumer group (``kafka_topics``), so tests never see each other's messages.
+Which broker serves ``kafka_broker`` (one per test session):
+
+* KAFKA_BOOTSTRAP_SERVERS when set (a Kafka of yours);
+* else Apache Kafka in KRaft mode, started by the test setup (``ApacheKafka``: Java 17+,
+  the jars from KAFKA_HOME or fetched once with Maven), the broker that proves the product;
+* STREAM_INFER_TEST_BROKER=tansu runs the suite on the embedded Tansu broker instead.
+
+``tansu_broker`` is always the embedded broker (the zero-setup path's smoke set), and
+``apache_kafka`` always Apache Kafka (the session's own when ``kafka_broker`` is one). Every
+test gets its own topics and consumer group (``kafka_topics``), so tests never see each
+other's messages.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ import pytest
 
 from stream_infer.config import KafkaSettings
 
+#: ``STREAM_INFER_TEST_BROKER``: the broker the suite starts when none is configured.
+TEST_BROKER = os.environ.get("STREAM_INFER_TEST_BROKER", "apache")
+
 
 @dataclass(frozen=True)
 class KafkaBroker:
-    """The session's broker: its address and what it is (``env``, ``container`` or ``embedded``)."""
+    """A broker tests use: its address and what it is (``env``, ``apache`` or ``embedded``)."""
 
     bootstrap: str
     kind: str
@@ -33,74 +43,80 @@ class KafkaBroker:
         return self.kind == "embedded"
 
 
-def _docker_running() -> bool:
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("unix://"):
-        return os.path.exists(host[len("unix://") :])
-    return bool(host) or os.path.exists("/var/run/docker.sock")
+class _Started:
+    """The brokers this session started, shared by the fixtures (each at most once)."""
+
+    apache: Any = None
+    apache_error: str | None = None
 
 
-def _container() -> tuple[Any, str] | None:
-    """A started Kafka container and its bootstrap, or None where Docker or testcontainers is missing."""
-    if not _docker_running():
-        return None
-    try:
-        from testcontainers.kafka import KafkaContainer  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        container = KafkaContainer().with_kraft()
-        container.start()
-    except Exception:  # Docker answered but cannot run it: fall back to the embedded broker
-        return None
-    return container, container.get_bootstrap_server()
+def _apache() -> KafkaBroker:
+    """The session's Apache Kafka (started on first use, stopped at session end); skips
+    (a failure in CI) where it cannot start."""
+    from stream_infer import BrokerError
+    from stream_infer.kafka import ApacheKafka
+
+    if _Started.apache is None and _Started.apache_error is None:
+        kafka = ApacheKafka(1)
+        try:
+            kafka.start()
+        except BrokerError as exc:
+            _Started.apache_error = f"Apache Kafka could not be started: {exc}"
+        else:
+            _Started.apache = kafka
+    if _Started.apache_error is not None:
+        pytest.skip(_Started.apache_error)
+    return KafkaBroker(_Started.apache.bootstrap, "apache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_started_brokers() -> Iterator[None]:
+    yield
+    if _Started.apache is not None:
+        _Started.apache.stop()
+        _Started.apache = None
 
 
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[KafkaBroker]:
-    from stream_infer import BrokerError
-    from stream_infer.kafka import EmbeddedBroker, wait_for_broker
+    from stream_infer.kafka import wait_for_broker
 
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
         wait_for_broker(env, timeout=30)
         yield KafkaBroker(env, "env")
         return
-    found = _container()
-    if found is not None:
-        container, bootstrap = found
-        try:
-            yield KafkaBroker(bootstrap, "container")
-        finally:
-            container.stop()
+    if TEST_BROKER == "tansu":
+        yield from _tansu()
         return
+    yield _apache()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka() -> KafkaBroker:
+    """Apache Kafka itself, for the tests that compare the brokers' semantics."""
+    return _apache()
+
+
+@pytest.fixture(scope="session")
+def tansu_broker() -> Iterator[KafkaBroker]:
+    """The embedded Tansu broker (the demo's zero-setup default)."""
+    yield from _tansu()
+
+
+def _tansu() -> Iterator[KafkaBroker]:
+    from stream_infer import BrokerError
+    from stream_infer.kafka import EmbeddedBroker
+
     broker = EmbeddedBroker()
     try:
         broker.start()
     except BrokerError as exc:
-        pytest.skip(f"no Kafka broker could be started: {exc}")
+        pytest.skip(f"the embedded broker could not be started: {exc}")
     try:
         yield KafkaBroker(broker.bootstrap, "embedded")
     finally:
         broker.stop()
-
-
-@pytest.fixture(scope="session")
-def kafka_container() -> Iterator[KafkaBroker]:
-    """A real Kafka (container), for the few tests that compare semantics; skips without Docker.
-
-    Tests using it must not carry the ``services`` marker: no Docker is a normal setup here.
-    """
-    found = _container()
-    if found is None:
-        pytest.skip(
-            "no Docker engine (or testcontainers) here: the Kafka container path is skipped"
-        )
-    container, bootstrap = found
-    try:
-        yield KafkaBroker(bootstrap, "container")
-    finally:
-        container.stop()
 
 
 def unique_name(request: pytest.FixtureRequest, prefix: str) -> str:

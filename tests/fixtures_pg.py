@@ -1,8 +1,10 @@
 """Postgres fixtures (owned by the database work; see tests/db).
 
-Every test that asks for ``pg_settings`` gets a fresh, empty database on the local server
-(127.0.0.1:5432, user postgres, trust auth; PG_TEST_HOST/PG_TEST_PORT override), dropped
-afterwards. Without a reachable server these tests skip, which CI turns into a failure.
+Every test that asks for ``pg_settings`` gets a fresh, empty database, dropped afterwards.
+The server: the one on PG_TEST_HOST:PG_TEST_PORT (default 127.0.0.1:5432, user postgres,
+trust auth) when it answers; else the test setup starts a private PostgreSQL cluster for
+the session (``tests.pg_cluster``: initdb + pg_ctl on a free port, removed at exit).
+Where neither works these tests skip, which CI turns into a failure.
 ``pg_proxy`` (a ``tests.tcp_proxy.TcpProxy``) sits between a client and the server so a
 test can cut the connection and restore it without touching the server other tests share.
 """
@@ -10,39 +12,81 @@ test can cut the connection and restore it without touching the server other tes
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
 
 from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, migrate
+from tests.pg_cluster import start_cluster
 from tests.tcp_proxy import TcpProxy
 
 PG_HOST = os.environ.get("PG_TEST_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("PG_TEST_PORT", "5432"))
 PG_USER = os.environ.get("PG_TEST_USER", "postgres")
 
 
-async def _admin() -> asyncpg.Connection:
+@dataclass
+class _Server:
+    port: int = int(os.environ.get("PG_TEST_PORT", "5432"))
+    error: str | None = None
+    resolved: bool = False
+
+
+_SERVER = _Server()
+
+
+def pg_port() -> int:
+    """The session server's port (``pg_server`` resolves it; then constant)."""
+    _resolve()
+    return _SERVER.port
+
+
+async def _admin(port: int | None = None) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=3
+        host=PG_HOST,
+        port=_SERVER.port if port is None else port,
+        user=PG_USER,
+        database="postgres",
+        timeout=3,
     )
     return conn
 
 
-def _server_error() -> str | None:
+def _probe(port: int) -> str | None:
     async def probe() -> None:
-        conn = await _admin()
+        conn = await _admin(port)
         await conn.close()
 
     try:
         asyncio.run(probe())
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        return f"Postgres at {PG_HOST}:{PG_PORT} not reachable: {exc}"
+        return f"Postgres at {PG_HOST}:{port} not reachable: {exc}"
     return None
+
+
+def _resolve() -> None:
+    """Find the server once per process: the configured one, else a private cluster."""
+    if _SERVER.resolved:
+        return
+    _SERVER.resolved = True
+    error = _probe(_SERVER.port)
+    if error is None or "PG_TEST_PORT" in os.environ or PG_HOST != "127.0.0.1":
+        _SERVER.error = error
+        return
+    try:
+        cluster = start_cluster()
+    except (OSError, subprocess.SubprocessError) as exc:
+        _SERVER.error = f"{error}; and no private cluster could be started: {exc}"
+        return
+    atexit.register(cluster.remove)
+    _SERVER.port = cluster.port
+    _SERVER.error = _probe(cluster.port)
 
 
 def create_database(prefix: str = "si_pg") -> str:
@@ -70,17 +114,18 @@ def drop_database(name: str) -> None:
     asyncio.run(drop())
 
 
-def settings_for(name: str, *, host: str = PG_HOST, port: int = PG_PORT) -> DatabaseSettings:
+def settings_for(name: str, *, host: str = PG_HOST, port: int | None = None) -> DatabaseSettings:
+    port = pg_port() if port is None else port
     return DatabaseSettings(host=host, port=port, name=name, user=PG_USER, sslmode="disable")
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> str:
-    """Skips (a failure in CI) when the server cannot be reached."""
-    error = _server_error()
-    if error:
-        pytest.skip(error)
-    return f"{PG_HOST}:{PG_PORT}"
+    """``host:port`` of the session's server; skips (a failure in CI) when there is none."""
+    _resolve()
+    if _SERVER.error:
+        pytest.skip(_SERVER.error)
+    return f"{PG_HOST}:{_SERVER.port}"
 
 
 @pytest.fixture
@@ -108,5 +153,5 @@ async def pg_db(pg_settings: DatabaseSettings) -> AsyncIterator[Database]:
 @pytest.fixture
 def pg_proxy(pg_server: str) -> Iterator[TcpProxy]:
     """A ``tests.tcp_proxy.TcpProxy`` in front of the server (connect to ``.port``)."""
-    with TcpProxy(PG_HOST, PG_PORT) as proxy:
+    with TcpProxy(PG_HOST, pg_port()) as proxy:
         yield proxy

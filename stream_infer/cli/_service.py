@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,39 +36,80 @@ def _event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class BrokerKind(StrEnum):
+    tansu = "tansu"
+    apache = "apache"
+
+
 @app.command()
 def broker(
-    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1; 0 picks a free one")] = 0,
+    kafka: Annotated[
+        BrokerKind,
+        typer.Option(
+            help="tansu: the embedded in-memory broker (zero setup); apache: Apache Kafka "
+            "in KRaft mode (Java 17+; KAFKA_HOME, or its jars fetched once with Maven)"
+        ),
+    ] = BrokerKind.tansu,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Apache Kafka nodes (each broker + controller); 3 or more: replication "
+            "factor 3, min.insync.replicas 2",
+        ),
+    ] = 1,
+    port: Annotated[
+        int, typer.Option(help="TCP port on 127.0.0.1 (tansu only); 0 picks a free one")
+    ] = 0,
     partitions: Annotated[int, typer.Option(help=_TOPICS_HELP)] = 0,
-    verbose: Annotated[bool, typer.Option(help="show the broker's own log")] = False,
+    verbose: Annotated[bool, typer.Option(help="show the broker's own log (tansu)")] = False,
 ) -> None:
-    """Start the embedded Kafka-compatible broker (Tansu, in memory) until Ctrl-C / SIGTERM.
+    """Start a Kafka broker on loopback until Ctrl-C / SIGTERM, then stop every process it started.
 
-    Prints the bootstrap address (127.0.0.1:PORT) on its own line once it answers.
+    Prints the bootstrap address on its own line once the broker (every node) answers.
     """
     from stream_infer.config import KafkaSettings
-    from stream_infer.kafka import EmbeddedBroker, create_topics
+    from stream_infer.kafka import KAFKA_VERSION, ApacheKafka, EmbeddedBroker, create_topics
 
-    embedded = EmbeddedBroker(port or None, log=None if verbose else subprocess.DEVNULL)
+    if kafka is BrokerKind.apache:
+        if port:
+            raise ConfigError("--port applies to --kafka tansu; Apache Kafka picks free ports")
+        started: ApacheKafka | EmbeddedBroker = ApacheKafka(nodes)
+    else:
+        if nodes != 1:
+            raise ConfigError("--nodes applies to --kafka apache; Tansu runs one node")
+        started = EmbeddedBroker(port or None, log=None if verbose else subprocess.DEVNULL)
 
     async def main() -> None:
         stop = asyncio.Event()
         _install_stop(asyncio.get_running_loop(), stop.set)
-        async with embedded:
-            if partitions > 0:
-                s = KafkaSettings()
-                await create_topics(
-                    embedded.bootstrap,
-                    dict.fromkeys(
-                        (s.kafka_candles_topic, s.kafka_predictions_topic, s.kafka_dlq_topic),
-                        partitions,
-                    ),
-                )
-            print(embedded.bootstrap, flush=True)
-            print(f"embedded broker (pid {embedded.pid}); Ctrl-C stops it", file=sys.stderr)
-            await stop.wait()
+        if partitions > 0:
+            s = KafkaSettings()
+            await create_topics(
+                started.bootstrap,
+                dict.fromkeys(
+                    (s.kafka_candles_topic, s.kafka_predictions_topic, s.kafka_dlq_topic),
+                    partitions,
+                ),
+                replication=3 if nodes >= 3 else 1,
+            )
+        print(started.bootstrap, flush=True)
+        if isinstance(started, ApacheKafka):
+            what = f"Apache Kafka {KAFKA_VERSION}, {nodes} node(s), pids {started.pids()}"
+        else:
+            what = f"embedded broker (pid {started.pid})"
+        print(f"{what}; Ctrl-C stops it", file=sys.stderr)
+        await stop.wait()
 
-    asyncio.run(main())
+    # Started from the main thread: the brokers' parent-death signal is tied to the thread
+    # that forked them, so a worker thread that ends would stop them.
+    try:
+        started.start()
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        started.stop()
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Kafka edges: the embedded broker, producing candles, and the ``stream-infer run`` service loop.
+"""Kafka edges: the brokers we start (Apache Kafka, the embedded Tansu), producing candles, and the ``stream-infer run`` service loop.
 
 The pure core (``stream_infer.pipeline``) does the work; this package moves bytes and
 offsets: consumer group -> ``Pipeline.process`` -> producer -> commit. See docs/service.md.
@@ -6,6 +6,7 @@ offsets: consumer group -> ``Pipeline.process`` -> producer -> commit. See docs/
 
 from __future__ import annotations
 
+from stream_infer.kafka._apache import KAFKA_VERSION, ApacheKafka, KafkaNode, kafka_libs
 from stream_infer.kafka._broker import EmbeddedBroker, free_port, tansu_binary, wait_for_broker
 from stream_infer.kafka._client import client_kwargs
 from stream_infer.kafka._history import HistoryResult, HistorySource, KafkaHistory, collect_history
@@ -27,12 +28,15 @@ from stream_infer.kafka._stream_history import (
 from stream_infer.kafka._topics import create_topics
 
 __all__ = [
+    "KAFKA_VERSION",
     "READY_INDEX",
+    "ApacheKafka",
     "EmbeddedBroker",
     "EnsembleProvider",
     "HistoryResult",
     "HistorySource",
     "KafkaHistory",
+    "KafkaNode",
     "LatencyWindow",
     "LazyHistory",
     "Resolved",
@@ -45,6 +49,7 @@ __all__ = [
     "frame_candles",
     "free_port",
     "history_need",
+    "kafka_libs",
     "klines_events",
     "make_producer",
     "not_covered_reason",

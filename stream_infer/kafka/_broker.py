@@ -25,7 +25,7 @@ from typing import IO
 
 from stream_infer._errors import BrokerError
 
-__all__ = ["EmbeddedBroker", "free_port", "tansu_binary", "wait_for_broker"]
+__all__ = ["EmbeddedBroker", "die_with_parent", "free_port", "tansu_binary", "wait_for_broker"]
 
 
 def tansu_binary() -> Path:
@@ -80,7 +80,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: SIGTERM it when the process that started it dies (Linux), so a killed
     test run or service never leaves a broker behind."""
     if sys.platform != "linux":
@@ -199,7 +199,7 @@ class EmbeddedBroker:
                 stderr=self._log,
                 env=env,
                 start_new_session=True,  # a Ctrl-C in a terminal goes to us; we stop it
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             try:
                 self._wait(proc, port)

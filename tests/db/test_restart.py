@@ -1,6 +1,6 @@
 """A real Postgres restart under a running sink and reloader (slow: ``pytest -m slow``).
 
-The shared server on :5432 serves other tests at the same time, so this test starts a
+The shared server of the session serves other tests at the same time, so this test starts a
 private PostgreSQL 15 cluster of its own (initdb in a temporary directory, a free port)
 and restarts that one for real (``pg_ctl restart -m fast``: every connection is killed).
 """
@@ -8,12 +8,7 @@ and restarts that one for real (``pg_ctl restart -m fast``: every connection is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,74 +19,17 @@ from stream_infer.config import DatabaseSettings, ServiceSettings
 from stream_infer.db import Backoff, Database, PredictionSink, activate_row, migrate
 from stream_infer.reload import Reloader, initialize
 from tests.db.test_sink import _pred
+from tests.pg_cluster import Cluster, start_cluster
 from tests.reload._fakes import FakeLoader, make_model_dir, row_paths
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *args]
-    return args
-
-
-class Cluster:
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="si-pg-"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.data = self.dir / "data"
-        self.log = self.dir / "log"
-
-    def run(self, *args: str) -> None:
-        subprocess.run(
-            _as_postgres([str(BIN / args[0]), *args[1:]]),
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-    def init(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
-
-    def ctl(self, action: str) -> None:
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self.run(
-            "pg_ctl",
-            action,
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.log),
-            "-w",
-            "-m",
-            "fast",
-            "-o",
-            opts,
-        )
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.ctl("stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    if not (BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL binaries in {BIN}")
-    c = Cluster()
     try:
-        c.init()
-        c.ctl("start")
+        c = start_cluster()
     except (subprocess.CalledProcessError, OSError) as exc:
-        c.remove()
         pytest.skip(f"cannot start a private Postgres cluster: {exc}")
     try:
         yield c

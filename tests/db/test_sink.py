@@ -11,7 +11,7 @@ import pytest
 from stream_infer.config import DatabaseSettings
 from stream_infer.db import Backoff, Database, PredictionSink
 from stream_infer.events import Prediction
-from tests.fixtures_pg import settings_for
+from tests.fixtures_pg import pg_port, settings_for
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.services
@@ -81,7 +81,7 @@ async def test_writes_each_prediction_once(pg_db: Database) -> None:
 
 async def test_offer_never_blocks_and_counts_drops(pg_settings: DatabaseSettings) -> None:
     # A server that does not answer: the port of a closed proxy.
-    proxy = TcpProxy("127.0.0.1", 5432)
+    proxy = TcpProxy("127.0.0.1", pg_port())
     proxy.start()
     proxy.cut()
     db = Database(settings_for(pg_settings.name, port=proxy.port), connect_timeout=1)

@@ -121,15 +121,17 @@ async def test_kafka_history_on_a_real_broker(
     await _history_on(kafka_broker, kafka_topics(partitions=2).kafka_candles_topic)
 
 
-async def test_kafka_history_on_a_kafka_container(
-    kafka_container: KafkaBroker, request: pytest.FixtureRequest
-) -> None:
-    """The same on Kafka itself (high watermark = records), where Docker runs; else skipped."""
+@pytest.mark.services
+@pytest.mark.parametrize("which", ["apache_kafka", "tansu_broker"])
+async def test_kafka_history_on_both_brokers(which: str, request: pytest.FixtureRequest) -> None:
+    """The same on Apache Kafka (high watermark = records) and on Tansu (it counts batches):
+    the history reader does not depend on the high watermark."""
     from stream_infer.kafka import create_topics
 
+    broker: KafkaBroker = request.getfixturevalue(which)
     topic = unique_name(request, "t")
-    await create_topics(kafka_container.bootstrap, {topic: 2})
-    await _history_on(kafka_container, topic)
+    await create_topics(broker.bootstrap, {topic: 2})
+    await _history_on(broker, topic)
 
 
 async def _history_on(kafka_broker: KafkaBroker, topic: str) -> None:

@@ -30,7 +30,13 @@ from typing import Any
 from stream_infer.candles import Candle
 from stream_infer.config import KafkaSettings
 from stream_infer.events import decode_prediction, encode_candle
-from stream_infer.kafka import EmbeddedBroker, create_topics, free_port, make_producer
+from stream_infer.kafka import (
+    ApacheKafka,
+    EmbeddedBroker,
+    create_topics,
+    free_port,
+    make_producer,
+)
 from tests.conftest import REPO
 from tests.kafka._util import assert_same_prediction
 from tests.tcp_proxy import TcpProxy
@@ -58,10 +64,10 @@ def record(fault: str, **figures: Any) -> None:
 
 @dataclass
 class ProxiedBroker:
-    """An embedded broker that every client reaches through ``proxy`` (it advertises the
-    proxy's port, so reconnects go through it too)."""
+    """A broker that every client reaches through ``proxy`` (it advertises the proxy's
+    port, so reconnects go through it too)."""
 
-    broker: EmbeddedBroker
+    broker: EmbeddedBroker | ApacheKafka
     proxy: TcpProxy
 
     @property
@@ -70,9 +76,14 @@ class ProxiedBroker:
 
 
 @contextlib.contextmanager
-def proxied_broker() -> Iterator[ProxiedBroker]:
+def proxied_broker(kind: str = "embedded") -> Iterator[ProxiedBroker]:
+    """``kind``: ``embedded`` (Tansu) or ``apache`` (one Apache Kafka node)."""
     with TcpProxy("127.0.0.1", free_port()) as proxy:
-        broker = EmbeddedBroker(proxy.target[1], advertised_port=proxy.port)
+        broker: EmbeddedBroker | ApacheKafka
+        if kind == "apache":
+            broker = ApacheKafka(1, ports={1: proxy.target[1]}, advertised_ports={1: proxy.port})
+        else:
+            broker = EmbeddedBroker(proxy.target[1], advertised_port=proxy.port)
         broker.start()
         try:
             yield ProxiedBroker(broker, proxy)

@@ -1,5 +1,5 @@
 """A private PostgreSQL cluster a test may stop, restart and reconfigure (the shared server
-on :5432 serves other tests at the same time), with a TCP proxy in front of it.
+of the session serves other tests at the same time), with a TCP proxy in front of it.
 
 ``private_pg(tls=True)`` serves TLS with a self-signed certificate for 127.0.0.1
 (``PrivatePg.cafile``); ``private_pg(password=...)`` requires that password over TCP
@@ -22,7 +22,7 @@ import pytest
 
 from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, activate_row, migrate
-from tests.db.test_restart import BIN, Cluster
+from tests.pg_cluster import BIN, Cluster
 from tests.reliability._harness import run_sync
 from tests.tcp_proxy import TcpProxy
 
