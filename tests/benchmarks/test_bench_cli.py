@@ -37,7 +37,12 @@ def bootstrap() -> Iterator[str]:
 
 
 @pytest.mark.services  # the naive baseline uses the real Postgres server
-def test_bench_cli_writes_json_and_table(tmp_path: Path) -> None:
+def test_bench_cli_writes_json_and_table(
+    tmp_path: Path, pg_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, port = pg_server.rsplit(":", 1)
+    monkeypatch.setenv("DB_HOST", host)
+    monkeypatch.setenv("DB_PORT", port)
     out, md = tmp_path / "r.json", tmp_path / "B.md"
     args = ["bench", "--quick", "--only", "features", "--only", "naive"]
     r = CliRunner().invoke(app, [*args, "--out", str(out), "--markdown", str(md)])

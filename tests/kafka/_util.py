@@ -51,6 +51,25 @@ def interleave(streams: Sequence[Sequence[Candle]]) -> list[Candle]:
     return list(heapq.merge(*streams, key=lambda c: c.open_time))
 
 
+async def topic_partitions(consumer: Any, topic: str, timeout_s: float = 20.0) -> list[Any]:
+    """The ``TopicPartition``s of ``topic``, from a metadata request for every topic.
+
+    A consumer without a subscription tracks no topic, and Apache Kafka answers its
+    metadata with none (Tansu with all), so ``partitions_for_topic`` alone stays empty there.
+    """
+    from aiokafka import TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"topic {topic!r} has no partitions after {timeout_s:g} s")
+        await asyncio.sleep(0.05)
+
+
 async def read_topic(
     bootstrap: str,
     topic: str,
@@ -64,7 +83,7 @@ async def read_topic(
     Stops when ``expect`` records arrived (then waits ``idle_s`` more for extras), or after
     ``idle_s`` without records, or at ``timeout_s``.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -75,14 +94,7 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        parts: set[int] | None = None
-        deadline = time.monotonic() + 10
-        while not parts and time.monotonic() < deadline:
-            await consumer.topics()  # refreshes the metadata
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await asyncio.sleep(0.1)
-        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[Any] = []
@@ -126,7 +138,7 @@ class Collector:
             await self._task
 
     async def _run(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -137,13 +149,7 @@ class Collector:
         )
         await consumer.start()
         try:
-            parts: set[int] | None = None
-            while not parts:
-                await consumer.topics()
-                parts = consumer.partitions_for_topic(self.topic)
-                if not parts:
-                    await asyncio.sleep(0.05)
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            tps = await topic_partitions(consumer, self.topic)
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek(tp, 0)

@@ -34,7 +34,7 @@ from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, migrate
 from stream_infer.events import decode_prediction
 from tests.fixtures_kafka import TopicsFactory
-from tests.kafka._util import offline
+from tests.kafka._util import offline, topic_partitions
 from tests.reliability._harness import ServiceProc, metric, record
 from tests.reliability._load import Produced, make_feed, produce_feed
 from tests.reliability._pg import activate_dir
@@ -100,7 +100,7 @@ class PredictionReader:
         self.count += 1
 
     async def _run(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -112,13 +112,7 @@ class PredictionReader:
         )
         await consumer.start()
         try:
-            parts: set[int] | None = None
-            while not parts:
-                await consumer.topics()
-                parts = consumer.partitions_for_topic(self.topic)
-                if not parts:
-                    await asyncio.sleep(0.05)
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            tps = await topic_partitions(consumer, self.topic)
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek(tp, 0)

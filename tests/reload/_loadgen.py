@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from tests.kafka._util import topic_partitions
+
 
 async def _consume(
     consumer: Any, sent: dict[str, float], arrived: dict[str, float], done: asyncio.Event
@@ -43,7 +45,7 @@ async def _consume(
 
 
 async def main(spec_path: Path, out_path: Path, timeout_s: float = 60.0) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     spec = orjson.loads(spec_path.read_bytes())
     events = [(k.encode(), v.encode()) for k, v in spec["events"]]
@@ -69,13 +71,7 @@ async def main(spec_path: Path, out_path: Path, timeout_s: float = 60.0) -> None
     done = asyncio.Event()
     try:
         topic = spec["predictions_topic"]
-        parts: set[int] | None = None
-        while not parts:
-            await consumer.topics()
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await asyncio.sleep(0.05)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)  # every prediction; only those of our events are timed
