@@ -137,7 +137,7 @@ def rss_kb() -> int:
 
 def history_len(seq_len: int) -> int:
     """Candles a stream holds before its first prediction: the first ready candle is the
-    400th (index 399, FEATURES.md), and seq_len - 1 ready rows must come before it."""
+    400th (index 399, docs/feature-spec.md), and seq_len - 1 ready rows must come before it."""
     from stream_infer.features import WARMUP
 
     return WARMUP - 1 + seq_len - 1

@@ -16,7 +16,7 @@ process; this process produces candles and consumes predictions, timing both on 
 
 Warm-up: each stream gets ``399 + seq_len - 1`` history candles through the topic before
 measuring, so its next candle is its first ready one. On the embedded broker a consumer
-waits out ``fetch_max_wait_ms`` when nothing is there (DESIGN.md, local stack): the value
+waits out ``fetch_max_wait_ms`` when nothing is there (docs/design.md, Local stack): the value
 used is reported, for the service and for the consumer here. Medians are what to quote:
 the machine is shared.
 """

@@ -12,7 +12,7 @@ repeated calls after a warm-up (the machine is shared: medians, not means); p99 
   runtime gives the Mamba at most 32 windows per call on CPU).
 
 glibc's allocator returns large blocks to the OS after every batched torch call and faults
-them in again on the next (DESIGN.md, PyTorch notes); ``tune_malloc`` (on by default, see
+them in again on the next (docs/design.md, PyTorch notes); ``tune_malloc`` (on by default, see
 --no-malloc-tune) raises its mmap and trim thresholds in-process, as the service can.
 """
 

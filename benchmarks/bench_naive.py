@@ -4,7 +4,7 @@ Naive: what a service built on the training code would do, per new candle: inser
 Postgres, SELECT the symbol's last 512 candles (``ORDER BY open_time DESC LIMIT 512``),
 build a DataFrame, recompute the 27 features over them with pandas rolling/ewm
 (:func:`pandas_features`, written the way a training script would: it is the BASELINE,
-not our product, and follows FEATURES.md only approximately, e.g. its EMAs start at the
+not our product, and follows docs/feature-spec.md only approximately, e.g. its EMAs start at the
 512-candle window instead of the stream's start), take the last ``seq_len`` rows and
 predict with the same ensemble. A real Postgres (DB_HOST, default 127.0.0.1:5432, user
 postgres, trust) holds the candles in a database created for the run and dropped after.

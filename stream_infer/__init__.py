@@ -1,4 +1,6 @@
-"""stream_infer: closed candles from Kafka -> features (FEATURES.md v1) -> ensemble -> predictions.
+"""stream_infer: closed candles from Kafka -> features -> ensemble -> predictions.
+
+The features are those of docs/feature-spec.md (version 1).
 
 The data flow, one package per concern::
 

@@ -6,7 +6,7 @@ carries fields that say where it happened, not only a message::
     StreamInferError            symbol, interval, offset, version, path
     ├── CandleError             bad input; it goes to the dead-letter topic
     │   ├── DecodeError         undecodable bytes, not JSON, wrong schema
-    │   └── InvalidCandle       breaks a rule of FEATURES.md (``rule``, ``row``)
+    │   └── InvalidCandle       breaks a rule of docs/feature-spec.md (``rule``, ``row``)
     ├── ModelError              the models and their artifacts
     │   ├── ArtifactError       a missing, corrupt or mismatched file (``path``)
     │   └── ExportCheckError    an exported artifact disagrees with its source model
@@ -82,7 +82,10 @@ class DecodeError(CandleError):
 
 
 class InvalidCandle(CandleError):
-    """The candle breaks a rule of FEATURES.md; ``rule`` names it, ``row`` locates it in a file."""
+    """The candle breaks a rule of docs/feature-spec.md.
+
+    ``rule`` names the rule, ``row`` locates the candle in a file.
+    """
 
     def __init__(self, message: str, *, rule: str, row: int | None = None, **ctx: Any) -> None:
         super().__init__(message, **ctx)

@@ -1,6 +1,6 @@
 """Candles: the input event, its validation rules and the exchange's klines files.
 
-The rules are those of FEATURES.md ("Input: one stream"); a candle that breaks one
+The rules are those of docs/feature-spec.md ("Input: one stream"); a candle that breaks one
 raises :class:`~stream_infer.InvalidCandle` naming the rule, before it touches state.
 """
 

@@ -59,7 +59,7 @@ def interval_to_ms(interval: str) -> int:
 
 
 class Candle(BaseModel):
-    """One candle event (DESIGN.md, Events). Schema checks only; see ``check_candle`` for rules."""
+    """One candle event (docs/design.md, Events). Schema checks only; rules: ``check_candle``."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=True)
 

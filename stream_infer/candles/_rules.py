@@ -1,4 +1,4 @@
-"""The input rules of FEATURES.md, once for one candle and once for a whole frame.
+"""The input rules of docs/feature-spec.md, once for one candle and once for a whole frame.
 
 The names in ``RULES`` are shared by both checks, the dead-letter reasons and the tests.
 """
@@ -26,7 +26,8 @@ RULES: dict[str, str] = {
     "taker_buy_bounds": "0 <= taker_buy_base <= volume",
     "taker_buy_quote_nonneg": "taker_buy_quote >= 0",
     "spread_nonneg": "spread_bps >= 0 when present",
-    # Stream rules, checked by the features against the previous candle (FEATURES.md, Gaps).
+    # Stream rules, checked by the features against the previous candle
+    # (docs/feature-spec.md, Gaps).
     "open_time_integer": "open_time is an integer number of milliseconds",
     "open_time_grid": "open_time is a whole number of intervals after the previous candle",
     "taker_buy_ratio": "a given taker_buy_ratio equals taker_buy_base / volume",

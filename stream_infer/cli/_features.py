@@ -30,7 +30,7 @@ def features_cmd(
         bool, typer.Option(help="Write only rows whose features are ready (no NaN rows).")
     ] = False,
 ) -> None:
-    """Compute the 27 features (docs/FEATURES.md v1) of one klines file.
+    """Compute the 27 features (docs/feature-spec.md v1) of one klines file.
 
     One row per candle of the stream: open_time, the 27 features, synthetic (gap filler).
 

@@ -1,4 +1,4 @@
-"""Process settings from the environment. Names are the seed's (DESIGN.md, Configuration).
+"""Process settings from the environment. Names are the seed's (docs/design.md, Configuration).
 
 Ensemble configuration (which models, which weight) is resolved separately, with the
 seed's priority database -> environment -> TOML -> disabled; see ``stream_infer.config``.
@@ -20,7 +20,8 @@ class KafkaSettings(BaseSettings):
     kafka_predictions_topic: str = Field("predictions", description="KAFKA_PREDICTIONS_TOPIC")
     kafka_dlq_topic: str = Field("candles.dlq", description="KAFKA_DLQ_TOPIC")
     kafka_group_id: str = Field("stream-infer", description="KAFKA_GROUP_ID")
-    # The embedded broker does not wake a waiting fetch (DESIGN.md): this bounds latency there.
+    # The embedded broker does not wake a waiting fetch (docs/design.md, Local stack): this
+    # bounds latency there.
     kafka_fetch_max_wait_ms: int = Field(5, ge=1, description="KAFKA_FETCH_MAX_WAIT_MS")
     kafka_max_poll_records: int = Field(2000, ge=1, description="KAFKA_MAX_POLL_RECORDS")
     kafka_max_message_bytes: int = Field(1_048_576, ge=1024, description="KAFKA_MAX_MESSAGE_BYTES")

@@ -94,7 +94,7 @@ class DemoState:
     """Fed by the producer (``sent``) and the predictions consumer (``predicted``).
 
     A prediction is counted once per (symbol, interval, open_time, ensemble_id), its
-    identity (DESIGN.md, Events): a redelivery is counted under ``duplicates``.
+    identity (docs/design.md, Events): a redelivery is counted under ``duplicates``.
     """
 
     def __init__(self, streams: Sequence[tuple[str, str]]) -> None:

@@ -1,4 +1,4 @@
-"""The prediction event (DESIGN.md, Events) and its JSON encoding."""
+"""The prediction event (docs/design.md, Events) and its JSON encoding."""
 
 from __future__ import annotations
 

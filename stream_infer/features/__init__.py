@@ -1,4 +1,4 @@
-"""The 27 features of FEATURES.md (version 1), computed two ways that agree to 1e-9.
+"""The 27 features of docs/feature-spec.md (version 1), computed two ways that agree to 1e-9.
 
 ``batch_features`` computes whole streams (training, replay); ``StreamingFeatures`` computes
 one closed candle at a time in O(1) (serving). Both apply the same stream rules

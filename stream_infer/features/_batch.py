@@ -1,6 +1,6 @@
 """The batch path: the 27 features over whole streams (training, replay, the golden file).
 
-Numerics (FEATURES.md, "Numerical notes"): every window moment is a two-pass over the
+Numerics (docs/feature-spec.md, "Numerical notes"): every window moment is a two-pass over the
 window's values, shifted by the window's newest value x_t so that x_i - x_t is exact on
 near-flat windows and z = -mean(x_i - x_t) / std needs no cancelling subtraction. Window
 sums run oldest to newest, the order of Python's ``sum`` over the streaming ring.
@@ -155,7 +155,10 @@ def _recursions(
 
 
 def cs_spread(h0: float, l0: float, h1: float, l1: float) -> float:
-    """Corwin–Schultz two-candle spread in bps (FEATURES.md, Helpers); scalar twin of the batch code."""
+    """Corwin–Schultz two-candle spread in bps (docs/feature-spec.md, Helpers).
+
+    The scalar twin of the batch code.
+    """
     r0 = _log(h0 / l0)
     r1 = _log(h1 / l1)
     beta = r0 * r0 + r1 * r1
@@ -249,7 +252,7 @@ def segment_features(
 
 
 def batch_features(candles: pd.DataFrame, interval_ms: int = 60_000) -> pd.DataFrame:
-    """The 27 features of one stream's candles (FEATURES.md v1), one row per stream candle.
+    """The 27 features (docs/feature-spec.md v1) of one stream's candles, a row per candle.
 
     The stream rules apply first (see ``prepare_stream``): its rows, synthetic gap candles
     included, are the rows returned, indexed by ``open_time``; rows not ready are NaN.

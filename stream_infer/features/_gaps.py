@@ -1,4 +1,5 @@
-"""The stream rules of FEATURES.md ("Gaps"): duplicates, late candles, gap filling, restarts.
+"""The stream rules of docs/feature-spec.md ("Gaps"): duplicates, late candles, gap filling,
+restarts.
 
 One definition for both paths: ``step`` decides for one new candle (streaming) and
 ``prepare_stream`` applies the same rules to a whole frame (batch).

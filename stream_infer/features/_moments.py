@@ -1,7 +1,7 @@
 """Sliding-window mean, std and z-score in O(1), proven against the window's values.
 
 The running sums are of y = x - K for a recent window value K (S1 = sum y, S2 = sum y^2), so
-the variance S2 - S1^2/n does not cancel the way raw sums of x and x^2 do (FEATURES.md,
+the variance S2 - S1^2/n does not cancel the way raw sums of x and x^2 do (docs/feature-spec.md,
 "Numerical notes"). Every update also adds a first-order bound of its rounding error; when
 the bound could reach REL of the variance (or of z's numerator against the std) the moments
 are recomputed from the window's values (``math.fsum`` and ``math.dist``, a two-pass) and the

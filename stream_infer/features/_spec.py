@@ -1,4 +1,4 @@
-"""Constants of the feature spec (docs/FEATURES.md, version 1), defined once for both paths."""
+"""Constants of the feature spec (docs/feature-spec.md, version 1), defined once for both paths."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ class StreamingFeatures:
     """Features of one (symbol, interval) stream, one closed candle at a time.
 
     ``update`` validates the candle (``check_candle``, then open_time) before anything
-    changes, applies the stream rules (FEATURES.md, Gaps) and returns the (27,) float64
+    changes, applies the stream rules (docs/feature-spec.md, Gaps) and returns the (27,) float64
     features of the newest candle once the stream holds WARMUP candles, else None;
     ``last_outcome`` and ``last_filled`` say why. With ``keep_rows=N`` the last N ready rows
     (synthetic gap rows included) are kept for ``window``; a restart clears them.

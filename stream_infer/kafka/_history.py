@@ -1,12 +1,12 @@
 """State rebuild: the candles before a partition's committed offset, enough to warm every stream.
 
-On start and after a rebalance the service must be ready at once (FEATURES.md, Readiness;
-DESIGN.md, Delivery and state). The history comes from a :class:`HistorySource`; the one
+On start and after a rebalance the service must be ready at once (docs/feature-spec.md, Readiness;
+docs/design.md, Delivery and state). The history comes from a :class:`HistorySource`; the one
 here re-reads the input topic itself.
 
 Why offsets and not the broker's offset queries: the embedded broker answers
 ``offsets_for_times`` with 0 and its high watermark counts record batches, not records
-(DESIGN.md, local stack). Fetching from an explicit offset is right on every broker, and
+(docs/design.md, Local stack). Fetching from an explicit offset is right on every broker, and
 the committed offset bounds the range from above. So :class:`KafkaHistory` steps back
 from the committed offset, doubling the step, until every stream it has seen holds
 ``need`` candles (or the records reach back further in time than ``need`` intervals

@@ -1,7 +1,7 @@
 """Writing artifacts reproducibly, and checking them against the in-memory models.
 
 TorchScript stays the model format although torch 2.13 marks ``torch.jit`` deprecated
-(DESIGN.md, PyTorch notes): ``quiet_jit`` silences that warning in our code paths only.
+(docs/design.md, PyTorch notes): ``quiet_jit`` silences that warning in our code paths only.
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -
     """Raise glibc malloc's mmap and trim thresholds for this process (False if not glibc).
 
     With the defaults, every batched torch call returns its large blocks to the OS and faults
-    them in again on the next call (DESIGN.md, PyTorch notes); the environment variables
+    them in again on the next call (docs/design.md, PyTorch notes); the environment variables
     MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ do the same from process start.
     32 MiB is glibc's largest mmap threshold on 64-bit.
     """

@@ -1,4 +1,5 @@
-"""A slow implementation of FEATURES.md written from the definitions, for checking both paths.
+"""A slow implementation of docs/feature-spec.md, written from the definitions, that checks
+both paths.
 
 Window sums, means and variances are exact (``fractions.Fraction``) and rounded once, so a
 numerical shortcut shared by the batch and streaming paths cannot hide here. Per-element

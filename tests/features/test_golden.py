@@ -1,4 +1,4 @@
-"""Both paths reproduce the golden file of an independent implementation (FEATURES.md v1)."""
+"""Both paths reproduce an independent implementation's golden file (docs/feature-spec.md v1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming == batch on a real month, every feature and every row (FEATURES.md tolerance)."""
+"""Streaming == batch on a real month, every feature, every row (docs/feature-spec.md tolerance)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Small fakes of the features and the ensemble, for the pipeline's unit tests.
 
-``FakeFeatures`` follows the stream rules of FEATURES.md (duplicates, late candles,
+``FakeFeatures`` follows the stream rules of docs/feature-spec.md (duplicates, late candles,
 gaps <= 60 filled, longer gaps restart the stream) with a short warm-up; its rows carry
 (open_time, close, synthetic) so a test can see which candles a window holds.
 """

@@ -2,7 +2,7 @@
 
 Checks the readiness rule and the window alignment end to end: the window sent to the
 model for the candle at open_time t holds the batch features of the seq_len stream rows
-ending at t (FEATURES.md tolerance), counting gap-filled rows, restarting after long gaps.
+ending at t (docs/feature-spec.md tolerance), counting gap-filled rows, restarting after long gaps.
 """
 
 from __future__ import annotations

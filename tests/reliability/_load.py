@@ -3,7 +3,7 @@ klines in tests/data/klines, pre-encoded, and a producer that sends them as fast
 broker acknowledges (optionally held back by a callback), recording where each landed.
 
 The real files have no gap (checked here), so a stream of ``n`` candles is predicted from
-its candle index ``399 + seq_len - 1`` on (FEATURES.md, Readiness; ``Pipeline``):
+its candle index ``399 + seq_len - 1`` on (docs/feature-spec.md, Readiness; ``Pipeline``):
 ``ready_keys`` lists those keys without running the features.
 """
 
