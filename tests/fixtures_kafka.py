@@ -133,11 +133,17 @@ def kafka_topics(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> T
     """``make(partitions=1) -> KafkaSettings`` with fresh candles/predictions/dlq topics and group.
 
     The topics are created (``partitions`` each for candles, 1 for the outputs unless
-    ``out_partitions`` is given); the settings point at the session's broker.
+    ``out_partitions`` is given; ``candles_max_bytes`` raises the candles topic's
+    ``max.message.bytes``); the settings point at the session's broker.
     """
     from stream_infer.kafka import create_topics
 
-    def make(partitions: int = 1, out_partitions: int = 1, **overrides: Any) -> KafkaSettings:
+    def make(
+        partitions: int = 1,
+        out_partitions: int = 1,
+        candles_max_bytes: int | None = None,
+        **overrides: Any,
+    ) -> KafkaSettings:
         base = unique_name(request, "t")
         settings = KafkaSettings(
             kafka_bootstrap_servers=kafka_broker.bootstrap,
@@ -147,12 +153,19 @@ def kafka_topics(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> T
             kafka_group_id=f"{base}.group",
             **overrides,
         )
-        topics = {
-            settings.kafka_candles_topic: partitions,
+        outputs = {
             settings.kafka_predictions_topic: out_partitions,
             settings.kafka_dlq_topic: out_partitions,
         }
-        _run(create_topics(kafka_broker.bootstrap, topics))
+        # Kafka refuses records over the topic's max.message.bytes (~1 MiB by default) at
+        # produce time: a test of the service's own bound raises the broker's.
+        big = {"max.message.bytes": str(candles_max_bytes)} if candles_max_bytes else None
+        _run(
+            create_topics(
+                kafka_broker.bootstrap, {settings.kafka_candles_topic: partitions}, configs=big
+            )
+        )
+        _run(create_topics(kafka_broker.bootstrap, outputs))
         return settings
 
     return make

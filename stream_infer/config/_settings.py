@@ -25,6 +25,11 @@ class KafkaSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(5, ge=1, description="KAFKA_FETCH_MAX_WAIT_MS")
     kafka_max_poll_records: int = Field(2000, ge=1, description="KAFKA_MAX_POLL_RECORDS")
     kafka_max_message_bytes: int = Field(1_048_576, ge=1024, description="KAFKA_MAX_MESSAGE_BYTES")
+    # auto: an idempotent producer where the broker serves one (a send retried after a lost
+    # ack is not written twice), a plain one where it cannot (the embedded Tansu broker).
+    kafka_enable_idempotence: Literal["auto", "true", "false"] = Field(
+        "auto", description="KAFKA_ENABLE_IDEMPOTENCE"
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None

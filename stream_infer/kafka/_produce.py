@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,8 +22,11 @@ __all__ = [
     "klines_events",
     "make_producer",
     "produce_events",
+    "start_producer",
     "produce_files",
 ]
+
+log = logging.getLogger("stream_infer.service")
 
 # Await acknowledgements every so many sends: bounds memory, keeps the pipe full.
 _WINDOW = 5000
@@ -31,10 +35,9 @@ _WINDOW = 5000
 def make_producer(
     bootstrap: str, *, client: Mapping[str, Any] | None = None, **overrides: Any
 ) -> AIOKafkaProducer:
-    """An (unstarted) producer: acks from all in-sync replicas, no idempotence.
-
-    Idempotence is off on purpose: the embedded broker cannot serve InitProducerId, and
-    at-least-once with keys that identify a candle (or prediction) makes it unneeded.
+    """An (unstarted) producer: acks from all in-sync replicas, no idempotence unless
+    ``enable_idempotence=True`` is passed (the embedded broker cannot serve InitProducerId;
+    ``start_producer`` asks the broker and picks).
     """
     from aiokafka import AIOKafkaProducer
 
@@ -48,6 +51,47 @@ def make_producer(
     )
     kw.update(overrides)
     return AIOKafkaProducer(**kw)
+
+
+async def start_producer(
+    bootstrap: str,
+    *,
+    idempotence: str = "auto",
+    client: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> tuple[AIOKafkaProducer, bool]:
+    """A started producer and whether it is idempotent.
+
+    An idempotent producer makes the broker drop a batch the producer re-sends after a lost
+    acknowledgement (a connection cut after the append), which would otherwise land twice.
+    ``idempotence``: ``"true"`` insists, ``"false"`` never asks, ``"auto"`` asks and falls
+    back to a plain producer where the broker cannot serve InitProducerId (the embedded
+    Tansu broker answers it with an error at once). Connection errors are not a refusal:
+    they raise ``BrokerError`` in every mode.
+    """
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    want = idempotence in ("auto", "true")
+    producer = make_producer(bootstrap, client=client, enable_idempotence=want, **overrides)
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        await producer.stop()
+        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    except KafkaError as exc:
+        await producer.stop()
+        if idempotence != "auto":
+            raise BrokerError(f"the broker refused an idempotent producer: {exc!r}") from exc
+        log.warning(
+            "the broker at %s cannot serve an idempotent producer (%r): producing without; "
+            "a send retried after a lost acknowledgement may land twice",
+            bootstrap,
+            exc,
+        )
+        producer = make_producer(bootstrap, client=client, **overrides)
+        await producer.start()
+        return producer, False
+    return producer, want
 
 
 def frame_candles(frame: Any, limit: int | None = None) -> list[Candle]:

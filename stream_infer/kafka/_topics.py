@@ -18,10 +18,12 @@ async def create_topics(
     *,
     replication: int = 1,
     client: Mapping[str, Any] | None = None,
+    configs: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create each ``{name: partitions}`` topic that does not exist yet; returns those created.
 
-    A topic that exists is left as it is (its partition count is not changed).
+    A topic that exists is left as it is (its partition count is not changed). ``configs``:
+    topic settings for each new topic (e.g. ``{"max.message.bytes": "8388608"}``).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -35,7 +37,10 @@ async def create_topics(
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         resp = await admin.create_topics(
-            [NewTopic(name, n, replication) for name, n in topics.items()]
+            [
+                NewTopic(name, n, replication, topic_configs=dict(configs or {}))
+                for name, n in topics.items()
+            ]
         )
     finally:
         await admin.close()

@@ -202,7 +202,7 @@ async def test_a_fuzz_corpus_through_the_running_service(
     from stream_infer.kafka import Service, make_producer
     from tests.kafka._util import Collector, offline
 
-    s = kafka_topics(partitions=1)
+    s = kafka_topics(partitions=1, candles_max_bytes=8 << 20)  # the 1 MB ones reach the service
     junk = corpus(BASE, 120, seed=2)
     live = list(real_values()) + [
         v for v in (real_values_more())
@@ -225,9 +225,8 @@ async def test_a_fuzz_corpus_through_the_running_service(
             Collector(s.kafka_bootstrap_servers, s.kafka_predictions_topic) as preds,
             Collector(s.kafka_bootstrap_servers, s.kafka_dlq_topic) as dlq,
         ):
-            for v in values:
-                await producer.send(s.kafka_candles_topic, v, key=b"NEARUSDT")
-            await producer.flush()
+            sent = [await producer.send(s.kafka_candles_topic, v, key=b"NEARUSDT") for v in values]
+            await asyncio.gather(*sent)  # a record the broker refused fails here
             await preds.wait_for(len(want), 60)
             await dlq.wait_for(len(junk), 60)
             await preds.settle(1.0)
