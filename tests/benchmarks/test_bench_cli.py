@@ -159,7 +159,7 @@ def test_table_marks_misses_and_passes() -> None:
         in table
     )
     assert (
-        "| (5) sustained throughput | full inference through the broker, candles/s | not run |"
+        "| (5) sustained throughput, Tansu | full inference through the broker, candles/s | not run |"
         in table
     )
     assert "throughput: skipped (the Kafka service is not there yet)" in table
@@ -193,5 +193,70 @@ def test_bootstrap_reaches_every_broker_benchmark_and_the_table() -> None:
         "quick": True,
         "broker": "kafka.example:9092",
     }
-    assert "Broker: the Kafka at kafka.example:9092 (`--bootstrap`)." in render(res)
+    assert "Brokers: the Kafka at kafka.example:9092 (`--bootstrap`)." in render(res)
     assert "the embedded Tansu broker" in render({**res, "broker": "embedded"})
+
+
+def test_the_brokers_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run: the broker benchmarks on Tansu (each starts its own) and on one Apache Kafka
+    started for the run; the table shows both, each against its own targets."""
+    from stream_infer.cli import _bench
+
+    calls: list[tuple[str, Any]] = []
+
+    class Bench:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run(self, **kw: Any) -> dict[str, Any]:
+            calls.append((self.name, kw.get("bootstrap")))
+            return {"ran": self.name}
+
+    started: list[str] = []
+
+    def start(stack: Any, echo: Any) -> str:
+        started.append("apache")
+        return "127.0.0.1:1234"
+
+    monkeypatch.setattr(_bench, "_load", lambda m: Bench(m) if m != "_common" else _Machine())
+    monkeypatch.setattr(_bench, "_start_apache", start)
+    res = _bench.run_suite(("features", "e2e", "burst", "throughput"), quick=True)
+    assert started == ["apache"]
+    assert calls == [
+        ("bench_features", None),
+        ("bench_e2e", None),
+        ("bench_burst", None),
+        ("bench_throughput", None),
+        ("bench_e2e", "127.0.0.1:1234"),
+        ("bench_burst", "127.0.0.1:1234"),
+        ("bench_throughput", "127.0.0.1:1234"),
+    ]
+    assert {"e2e", "e2e@apache", "throughput@apache"} <= set(res)
+    table = render(
+        {
+            **res,
+            "e2e@apache": {"single": [{"fetch_max_wait_ms": 5, "median_ms": 2.5, "p99_ms": 6.0}]},
+            "throughput": {"broker": {"candles_per_s": 2500.0}},
+            "throughput@apache": {"broker": {"candles_per_s": 2400.0}},
+        }
+    )
+    assert (
+        "| (3) one symbol end to end, Apache Kafka | produce -> prediction consumed, ms; "
+        "fetch wait 5 ms; max nan ms | 2.50 | 6.00 | median <= 3 ms, p99 <= 10 ms | yes |"
+    ) in table
+    assert (
+        "| (5) sustained throughput, Apache Kafka | full inference through the broker, "
+        "candles/s | 2,400 |  | >= 2,000 /s and >= Tansu's 2,500 /s | **no** |"
+    ) in table
+    assert "Apache Kafka 4" in table and "the embedded Tansu broker" in table
+
+
+class _Machine:
+    @staticmethod
+    def machine() -> dict[str, Any]:
+        return {
+            k: "x" for k in ("cpu", "cores", "memory_gib", "python", "torch", "onnxruntime")
+        } | {
+            "date": "d",
+            "load_avg_1m": 0.0,
+        }
