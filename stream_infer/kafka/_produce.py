@@ -22,8 +22,8 @@ __all__ = [
     "klines_events",
     "make_producer",
     "produce_events",
-    "start_producer",
     "produce_files",
+    "start_producer",
 ]
 
 log = logging.getLogger("stream_infer.service")
