@@ -123,6 +123,9 @@ class EnsembleConfig(BaseModel):
     feature_version: int | None = None
     device: Device = "cpu"
     sources: dict[str, Source] = {}
+    # Epoch seconds the database row was activated (its created_at); None from any other
+    # source, which keeps no record of when it was chosen.
+    activated_at: float | None = None
 
     @property
     def model_dir(self) -> Path | None:
@@ -204,6 +207,12 @@ def _model_dir(mamba: str | None, lgbm: str | None, norm: str | None) -> Path | 
             f"directory): {where}"
         )
     return next(iter(dirs.values()))
+
+
+def _epoch_s(when: Any) -> float | None:
+    """A row's timestamp as epoch seconds; None when the row has none (``ActiveRow`` does not
+    require it)."""
+    return None if when is None else float(when.timestamp())
 
 
 def _parse_bool(value: Any, name: str) -> bool:
@@ -315,6 +324,7 @@ def resolve_ensemble(
             feature_version=int(row.feature_version),
             device=device,
             sources={**dict.fromkeys(fields, "database"), "device": device_source},
+            activated_at=_epoch_s(getattr(row, "created_at", None)),
             **paths,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict
@@ -32,11 +33,11 @@ class EnsembleRow(BaseModel):
     seq_len: int
     feature_version: int
     is_active: bool = True
+    created_at: datetime | None = None  # when it was activated (the row is inserted active)
 
 
 def _row(record: asyncpg.Record) -> EnsembleRow:
     data = dict(record)
-    data.pop("created_at", None)
     data["horizons"] = tuple(data["horizons"])
     return EnsembleRow.model_validate(data)
 

@@ -150,6 +150,7 @@ class Service:
         self._warm: set[TopicPartition] = set()  # assigned and rebuilt: records may be processed
         self._next: dict[TopicPartition, int] = {}  # next offset to process (committed)
         self._assigned_once = asyncio.Event()
+        self._metric_partitions: set[int] = set()  # partitions with per-partition series
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -376,6 +377,8 @@ class Service:
             return
         self._set_reachable(True)
         if self.metrics is not None:
+            paused = consumer.paused()
+            now_s = time.time()
             for tp, end in ends.items():
                 part = str(tp.partition)
                 done = self._next.get(tp)
@@ -383,6 +386,10 @@ class Service:
                     self.metrics.lag.labels(part).set(max(0, end - done))
                 if tp in self._warm:  # nothing fetched and the broker answers: caught up
                     self.metrics.lag_seconds.labels(part).set(0)
+                    # ... unless held (paused) or behind the end: then the position stays
+                    # where it is and its age grows.
+                    if tp not in paused and done is not None and end <= done:
+                        self.metrics.set_position(tp.partition, now_s)
 
     @contextlib.asynccontextmanager
     async def _stall_watch(self, op: str, what: str) -> AsyncIterator[None]:
@@ -562,12 +569,25 @@ class Service:
             part = str(tp.partition)
             if msgs and msgs[-1].timestamp is not None:
                 m.lag_seconds.labels(part).set(max(0.0, (now_ms - msgs[-1].timestamp) / 1000.0))
+                m.set_position(tp.partition, msgs[-1].timestamp / 1000.0)
             hw = consumer.highwater(tp) if consumer is not None else None
             done = self._next.get(tp)
             if hw is not None and done is not None:
                 # On the embedded broker the high watermark counts batches (docs/service.md):
                 # there this undercounts; lag_seconds does not depend on it.
                 m.lag.labels(part).set(max(0, hw - done))
+        if consumer is not None:
+            # A partition with nothing in this batch while others keep the polls busy: the
+            # idle probe never runs, so its last fetch says whether it is caught up.
+            paused = consumer.paused()
+            for tp in consumer.assignment():
+                if tp in records or tp not in self._warm or tp in paused:
+                    continue
+                hw = consumer.highwater(tp)
+                done = self._next.get(tp)
+                if hw is not None and done is not None and done >= hw:
+                    polled = consumer.last_poll_timestamp(tp)
+                    m.set_position(tp.partition, (polled if polled else now_ms) / 1000.0)
 
     def _stale_partitions(self, topic: str) -> set[TopicPartition]:
         """Partitions with streams shorter than a newly swapped ensemble needs."""
@@ -889,6 +909,10 @@ class Service:
             for tp in list(self._next):
                 if tp not in assigned:
                     del self._next[tp]
+            if self.metrics is not None:
+                owned = {tp.partition for tp in assigned}
+                self.metrics.forget_partitions(self._metric_partitions - owned)
+                self._metric_partitions = owned
             self._assigned_once.set()
             log.info(
                 "assigned %s (rebuilt %s%s)",

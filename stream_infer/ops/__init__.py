@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from stream_infer.ops._http import OpsServer
 from stream_infer.ops._logging import JsonFormatter, configure_logging
-from stream_infer.ops._metrics import STAGES, Metrics
+from stream_infer.ops._metrics import SKIP_REASONS, STAGES, Metrics
 
-__all__ = ["STAGES", "JsonFormatter", "Metrics", "OpsServer", "configure_logging"]
+__all__ = ["SKIP_REASONS", "STAGES", "JsonFormatter", "Metrics", "OpsServer", "configure_logging"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -10,6 +11,10 @@ from prometheus_client.core import Metric
 
 # Stages timed per batch; "end_to_end" is candle received -> prediction acknowledged.
 STAGES: tuple[str, ...] = ("decode", "features", "models", "produce", "end_to_end")
+
+# Why a closed candle is not part of a stream (stream_infer_candles_skipped_total{why}); the
+# series exist from the start, so a query over them returns 0, not nothing.
+SKIP_REASONS: tuple[str, ...] = ("duplicate", "late")
 
 # Sub-millisecond resolution where the service lives, seconds where a stall would show.
 _BUCKETS = (
@@ -40,6 +45,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._ensemble_activated: dict[tuple[str, str], float] = {}
         r = self.registry
         self.candles = Counter(
             "stream_infer_candles_consumed", "Candle messages consumed.", registry=r
@@ -88,6 +94,15 @@ class Metrics:
             "When the serving ensemble was swapped in.",
             registry=r,
         )
+        # Unlike loaded_at, a restart does not reset it for a database row: the ensemble
+        # age alert (ops/prometheus) is about how old the model is, not the process.
+        self.ensemble_activated_at = Gauge(
+            "stream_infer_ensemble_activated_timestamp_seconds",
+            "When the serving ensemble was made active: its active_ensembles row's created_at, "
+            "else (environment, TOML, --models) when this process loaded it.",
+            ["ensemble_id", "version"],
+            registry=r,
+        )
         self.reloads = Counter(
             "stream_infer_reloads", "Hot reloads by result.", ["result"], registry=r
         )
@@ -100,6 +115,16 @@ class Metrics:
         self.lag_seconds = Gauge(
             "stream_infer_consumer_lag_seconds",
             "Age of the newest record processed per partition (0 once a poll finds nothing new).",
+            ["partition"],
+            registry=r,
+        )
+        # The same figure as a point in time: Prometheus computes the age (time() - this),
+        # so the lag keeps growing in a query while the process is stuck, stopped or not
+        # answering scrapes, where lag_seconds would freeze or vanish.
+        self.position_at = Gauge(
+            "stream_infer_consumer_position_timestamp_seconds",
+            "Per partition, the time up to which its input is processed: the timestamp of the "
+            "newest record processed, or the time of the last idle poll that found nothing new.",
             ["partition"],
             registry=r,
         )
@@ -138,6 +163,8 @@ class Metrics:
             self.broker_errors.labels(op)
         for source in ("postgres", "topic", "none"):
             self.history_streams.labels(source)
+        for why in SKIP_REASONS:
+            self.duplicates.labels(why)
 
     def add_callback(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Also export what ``collect()`` returns at each scrape (numbers owned by another
@@ -149,11 +176,37 @@ class Metrics:
 
         self.registry.register(_Callback())
 
-    def set_ensemble(self, ensemble_id: str | None, version: str | None) -> None:
+    def set_ensemble(
+        self, ensemble_id: str | None, version: str | None, *, activated_at: float | None = None
+    ) -> None:
+        """The serving ensemble (None: none serves). ``activated_at`` (epoch seconds) is when
+        it was made active; without it, an ensemble already shown keeps its time and a new
+        one gets now (the service and the reload manager both report a swap)."""
+        labels = None if ensemble_id is None else (ensemble_id, version or "")
+        kept = self._ensemble_activated.get(labels) if labels is not None else None
         self.ensemble_info.clear()
-        if ensemble_id is not None:
-            self.ensemble_info.labels(ensemble_id, version or "").set(1)
-            self.ensemble_loaded_at.set(time.time())
+        self.ensemble_activated_at.clear()
+        self._ensemble_activated = {}
+        if labels is None:
+            return
+        self.ensemble_info.labels(*labels).set(1)
+        self.ensemble_loaded_at.set(time.time())
+        when = activated_at if activated_at is not None else kept
+        when = when if when is not None else time.time()
+        self.ensemble_activated_at.labels(*labels).set(when)
+        self._ensemble_activated[labels] = when
+
+    def set_position(self, partition: int, timestamp_s: float) -> None:
+        """Partition ``partition`` is processed up to ``timestamp_s`` (epoch seconds)."""
+        self.position_at.labels(str(partition)).set(timestamp_s)
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the per-partition series of partitions this member no longer owns: their
+        last values would otherwise stay beside the new owner's (a lag that never moves)."""
+        for p in partitions:
+            for gauge in (self.lag, self.lag_seconds, self.position_at):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(str(p))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

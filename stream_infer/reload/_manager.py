@@ -284,7 +284,9 @@ class ModelManager:
             self.swapped_at = time.monotonic()
         if self.metrics is not None:
             self.metrics.set_ensemble(
-                None if ensemble is None else str(config.ensemble_id), config.version
+                None if ensemble is None else str(config.ensemble_id),
+                config.version,
+                activated_at=config.activated_at,
             )
         log.info(
             "serving ensemble %s (version %s, from %s)",
