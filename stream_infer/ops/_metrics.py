@@ -9,8 +9,26 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import Metric
 
+from stream_infer.candles import RULES, Candle
+from stream_infer.events import DECODE_REASONS
+
 # Stages timed per batch; "end_to_end" is candle received -> prediction acknowledged.
 STAGES: tuple[str, ...] = ("decode", "features", "models", "produce", "end_to_end")
+
+
+def _dead_letter_reasons() -> tuple[str, ...]:
+    """The dead-letter reasons known in advance: decoding, every candle field's schema, every
+    rule. Their series start at 0, so a rate over them counts the first dead letter too
+    (a counter born at 1 has no increase to show). ``internal:<Error>`` and the schema of
+    the exchange's wrapper fields still appear with their first dead letter."""
+    return (
+        *(r for r in DECODE_REASONS if "<" not in r),
+        *(f"schema:{f}" for f in Candle.model_fields),
+        *(f"rule:{r}" for r in RULES),
+    )
+
+
+DEAD_LETTER_REASONS: tuple[str, ...] = _dead_letter_reasons()
 
 # Why a closed candle is not part of a stream (stream_infer_candles_skipped_total{why}); the
 # series exist from the start, so a query over them returns 0, not nothing.
@@ -165,6 +183,8 @@ class Metrics:
             self.history_streams.labels(source)
         for why in SKIP_REASONS:
             self.duplicates.labels(why)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
 
     def add_callback(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Also export what ``collect()`` returns at each scrape (numbers owned by another

@@ -37,6 +37,19 @@ def _toml(tmp: Path, body: str) -> Path:
     return p
 
 
+def test_a_rows_activation_time_is_kept_and_other_sources_have_none(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    d = tmp_path / "artifacts" / "e1"
+    d.mkdir(parents=True)
+    when = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC)
+    c = resolve_ensemble(_row(d, created_at=when), env={}, models_root=tmp_path)
+    assert c.activated_at == when.timestamp()
+    assert resolve_ensemble(_row(d), env={}, models_root=tmp_path).activated_at is None
+    env = {"ML_LGBM_MODELS_DIR": str(d)}
+    assert resolve_ensemble(None, env=env).activated_at is None
+
+
 def test_nothing_configured_is_disabled() -> None:
     c = resolve_ensemble(None, env={})
     assert not c.enabled

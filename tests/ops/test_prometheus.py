@@ -39,7 +39,7 @@ from stream_infer.candles import Candle
 from stream_infer.config import KafkaSettings
 from stream_infer.events import encode_candle
 from stream_infer.kafka import make_producer
-from stream_infer.ops import STAGES
+from stream_infer.ops import DEAD_LETTER_REASONS, STAGES
 from tests.conftest import DATA, REPO
 from tests.fixtures_kafka import KafkaBroker
 from tests.kafka._util import interleave, real_candles
@@ -287,7 +287,7 @@ class Healthy:
     panels: dict[tuple[str, str], list[dict[str, Any]]]
     records: dict[str, list[dict[str, Any]]]
     rule_health: list[tuple[str, str, str]]
-    alerts_seen: set[tuple[str, str]]
+    alerts_seen: dict[tuple[str, str], list[str]]  # (name, state) -> when, with the value
     window: Counter[str]  # what the feed acknowledged in (at - WINDOW_S, at]
     total: Counter[str]  # ... and since the start
     dead_letters: dict[str, float]  # stream_infer_dead_letters_total by reason at ``at``
@@ -302,12 +302,18 @@ def healthy(stack: Stack) -> Healthy:
     started = time.time()
     poison = _poison()
     due = [started + 15 + 7 * i for i in range(len(poison))]
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], list[str]] = {}
+
+    def look() -> None:
+        for a in prom.alerts():
+            key = (a["labels"]["alertname"], a["state"])
+            seen.setdefault(key, []).append(f"{time.time() - started:.0f} s: {a['value']}")
+
     while time.time() < started + HEALTHY_S:
         while due and time.time() >= due[0]:
             due.pop(0)
             feed.inject([poison.pop(0)])
-        seen |= {(a["labels"]["alertname"], a["state"]) for a in prom.alerts()}
+        look()
         assert feed.alive(), f"the feed stopped: {feed.error!r}"
         time.sleep(0.5)
     assert not poison
@@ -323,7 +329,7 @@ def healthy(stack: Stack) -> Healthy:
     dead = {
         dict(k)["reason"]: v for k, v in prom.values("stream_infer_dead_letters_total", at).items()
     }
-    seen |= {(a["labels"]["alertname"], a["state"]) for a in prom.alerts()}
+    look()
     return Healthy(
         at=at,
         started=started,
@@ -359,8 +365,8 @@ def test_healthy_run_every_query_returns_data_that_agrees_and_no_alert_fires(
     empty = [k for k, v in h.panels.items() if not v] + [k for k, v in h.records.items() if not v]
     assert not empty, f"no data for: {empty}"
     # no alert fired (pending ones are reported, the short test windows make them likelier)
-    fired = sorted(name for name, state in h.alerts_seen if state == "firing")
-    assert not fired, f"alerts fired during the healthy run: {fired}"
+    fired = {k: v for k, v in h.alerts_seen.items() if k[1] == "firing"}
+    assert not fired, f"alerts fired during the healthy run: {fired}; all seen: {h.alerts_seen}"
 
     produced = h.window
     candles_s = produced["candle"] / WINDOW_S
@@ -383,12 +389,17 @@ def test_healthy_run_every_query_returns_data_that_agrees_and_no_alert_fires(
     _near(_one(throughput[1], "panel predictions"), candles_s, "panel: predictions/s")
     # dead letters by reason: the counters equal the poison sent; the 1-minute rates hold
     # the poison of their window (all of it: it was sent 15-43 s into the run)
+    # (every known reason is exported from the start, at 0)
     poison = {k: n for k, n in h.total.items() if k != "candle"}
-    assert h.dead_letters == {k: float(n) for k, n in poison.items()}
+    assert set(h.dead_letters) >= set(DEAD_LETTER_REASONS)
+    assert {k: v for k, v in h.dead_letters.items() if v} == {
+        k: float(n) for k, n in poison.items()
+    }
     in_window = {k: n for k, n in produced.items() if k != "candle"}
     assert in_window == poison, "the poison is not inside the last rate window"
     rates = _by(r["instance_reason:stream_infer_dead_letters:rate1m"], "reason")
-    assert {k: round(v * WINDOW_S) for k, v in rates.items()} == in_window
+    assert set(rates) >= set(DEAD_LETTER_REASONS)
+    assert {k: round(v * WINDOW_S) for k, v in rates.items() if v} == in_window
     panel = _by(h.panels[("Dead letters by reason", "A")], "reason")
     assert {k: round(v * WINDOW_S) for k, v in panel.items()} == in_window
     _near(
@@ -453,7 +464,7 @@ def test_healthy_run_every_query_returns_data_that_agrees_and_no_alert_fires(
         f"\nPROMETHEUS healthy: {candles_s:.2f} candles/s produced, predictions/s "
         f"{_one(r['instance:stream_infer_predictions:rate1m'], 'p'):.2f}; dead letters {poison}; "
         f"e2e p50 {1e3 * p50['end_to_end']:.1f} ms p99 {1e3 * p99['end_to_end']:.1f} ms; "
-        f"pending alerts seen: {sorted(n for n, s in h.alerts_seen if s == 'pending')}"
+        f"pending alerts seen: {h.alerts_seen}"
     )
 
 

@@ -133,6 +133,7 @@ def test_thresholds_ship_sane_production_values() -> None:
     rules = load_rules()
     assert threshold(rules, "consumer_lag_seconds") >= 60
     assert 0 < threshold(rules, "dead_letter_ratio") < 0.1
+    assert 0 < threshold(rules, "lag_growth_ratio") < 0.5
     assert threshold(rules, "ensemble_age_seconds") >= 86400
 
 
