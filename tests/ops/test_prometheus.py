@@ -17,55 +17,40 @@ bound at ``LAG_BOUND_S`` (tests/ops/_prometheus.py); every expression is the shi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import math
 import os
-import queue
 import shutil
 import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stream_infer.candles import Candle
-from stream_infer.config import KafkaSettings
-from stream_infer.events import encode_candle
-from stream_infer.kafka import make_producer
 from stream_infer.ops import DEAD_LETTER_REASONS, STAGES
-from tests.conftest import DATA, REPO
 from tests.fixtures_kafka import KafkaBroker
-from tests.kafka._util import interleave, real_candles
 from tests.ops._prometheus import (
-    Prometheus,
     alert_state,
     dashboard_queries,
     for_seconds,
     load_rules,
     recording_rules,
     rules_for_test,
-    running,
     threshold,
 )
-from tests.reliability._harness import ServiceProc, produce_candles, run_sync, topics_on
-from tests.reliability._pg import PrivatePg, activate_dir, private_pg
+from tests.ops._stack import SYMBOLS, Stack, poison, wait
+from tests.ops._stack import stack as running_stack
+from tests.reliability._harness import run_sync
+from tests.reliability._pg import activate_dir
 
 pytestmark = pytest.mark.services
 
 models = pytest.importorskip("stream_infer.models")
 
-SHIPPED = REPO / "artifacts" / "ensemble-v1"
-KLINES = DATA / "klines"
-SYMBOLS = ("NEARUSDT", "FILUSDT", "AVAXUSDT")
 RATE = 30.0  # live candles per second, all streams
-WARM = 440  # candles per stream before the live feed: past the 431 a stream needs
 PER_STREAM = 2500  # enough for the whole module at RATE (about 3 minutes of feed)
 LAG_BOUND_S = 4  # stream_infer:alert_threshold:consumer_lag_seconds in the test
 SESSION_MS = 20_000  # the consumer group session: the SIGSTOP pause lasts about 10 s
@@ -76,228 +61,20 @@ TOLERANCE = 0.10  # predictions/s and candles/s against what the test produced
 RULES = rules_for_test(load_rules(), thresholds={"consumer_lag_seconds": LAG_BOUND_S})
 
 
-# -- poison with known reasons ------------------------------------------------------------
-
-
-def _poison() -> list[tuple[bytes, str]]:
-    """Bad messages and the dead-letter reason each must get."""
-    template = json.loads(
-        encode_candle(real_candles("NEARUSDT", 1, source=KLINES / _file("NEARUSDT"))[0])
-    )
-
-    def bad(**change: Any) -> bytes:
-        d = {k: v for k, v in template.items() if k not in change or change[k] is not None}
-        d.update({k: v for k, v in change.items() if v is not None})
-        return json.dumps(d).encode()
-
-    return [
-        (b"\x00\xff garbage", "not_json"),
-        (bad(close=None), "schema:close"),
-        (b"{not json", "not_json"),
-        (bad(high=template["low"] * 0.5), "rule:high_bound"),
-        (bad(close=None, volume=1.0), "schema:close"),
-    ]
-
-
-def _file(symbol: str) -> str:
-    return f"{symbol}-1m-2023-02.csv.gz"
-
-
-# -- the live feed ------------------------------------------------------------------------
-
-
-@dataclass
-class Feed:
-    """Candles at ``rate`` per second from a thread of its own (the tests are synchronous),
-    with messages injected on request; every acknowledged send is logged as
-    (wall time, kind): "candle" or the dead-letter reason it must get."""
-
-    bootstrap: str
-    topic: str
-    candles: Sequence[Candle]
-    rate: float
-    sent: list[tuple[float, str]] = field(default_factory=list)
-    error: BaseException | None = None
-    _extra: queue.SimpleQueue[tuple[bytes, str]] = field(default_factory=queue.SimpleQueue)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name="feed", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-    def inject(self, messages: Sequence[tuple[bytes, str]]) -> None:
-        for m in messages:
-            self._extra.put(m)
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.error is None
-
-    def count(self, start: float, end: float) -> Counter[str]:
-        """What was acknowledged in (start, end]."""
-        return Counter(kind for t, kind in list(self.sent) if start < t <= end)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:
-            self.error = exc
-
-    async def _run(self) -> None:
-        producer = make_producer(self.bootstrap, request_timeout_ms=60_000)
-        await producer.start()
-        try:
-            t0 = time.perf_counter()
-            for i, c in enumerate(self.candles):
-                if self._stop.is_set():
-                    return
-                extra: list[tuple[str, Any]] = []
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        value, kind = self._extra.get_nowait()
-                        extra.append(
-                            (kind, await producer.send(self.topic, value, key=b"NEARUSDT"))
-                        )
-                for kind, fut in extra:
-                    await fut
-                    self.sent.append((time.time(), kind))
-                delay = t0 + i / self.rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                fut = await producer.send(self.topic, encode_candle(c), key=c.symbol.encode())
-                await fut
-                self.sent.append((time.time(), "candle"))
-            raise AssertionError("the feed ran out of candles: raise PER_STREAM")
-        finally:
-            await producer.stop()
-
-
-# -- the stack ----------------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    settings: KafkaSettings
-    pg: PrivatePg
-    root: Path
-    svc: ServiceProc
-    feed: Feed
-    prom: Prometheus
-    row: int
-    activated_at: float
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.svc.port}"
-
-    def wait_alert(self, name: str, t0: float, deadline_s: float) -> dict[str, float]:
-        """Seconds from ``t0`` until ``name`` was first seen pending (or firing) and firing;
-        AssertionError when it does not fire within ``deadline_s``."""
-        seen: dict[str, float] = {}
-        while "firing" not in seen:
-            state = alert_state(self.prom, name)
-            if state is not None:
-                seen.setdefault("active", time.time() - t0)
-                if state == "firing":
-                    seen["firing"] = time.time() - t0
-            assert time.time() - t0 < deadline_s, (
-                f"{name} not firing {deadline_s:.0f} s after the fault (seen: {seen}); "
-                f"alerts: {self.prom.alerts()}; service: {self.svc.tail(1500)}"
-            )
-            assert self.feed.alive(), f"the feed stopped: {self.feed.error!r}"
-            time.sleep(0.25)
-        return seen
-
-    def alert(self, name: str) -> dict[str, Any]:
-        (found,) = [a for a in self.prom.alerts() if a["labels"]["alertname"] == name]
-        return found
-
-
 @pytest.fixture(scope="module")
 def stack(kafka_broker: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not (SHIPPED / "manifest.json").is_file():
-        pytest.skip("artifacts/ensemble-v1 is not in this checkout")
-    tmp = tmp_path_factory.mktemp("prometheus-stack")
-    root = tmp / "models"
-    shutil.copytree(SHIPPED, root / "v1")
-    took = _Steps()
-    with private_pg() as pg:
-        took("postgres")
-        row = run_sync(activate_dir(pg, root / "v1", version="v1"))
-        (rec,) = run_sync(pg.fetch("SELECT created_at FROM active_ensembles WHERE id = $1", row))
-        s = topics_on(kafka_broker.bootstrap, "prom", partitions=2, kafka_max_poll_records=200)
-        streams = [real_candles(sym, PER_STREAM, source=KLINES / _file(sym)) for sym in SYMBOLS]
-        candles = interleave(streams)
-        warm = len(SYMBOLS) * WARM
-        took("candles")
-        run_sync(
-            produce_candles(s.kafka_bootstrap_servers, s.kafka_candles_topic, candles[:warm], {})
-        )
-        env = pg.env(DB_WRITE_PREDICTIONS="true", ML_MODELS_ROOT=str(root), ML_RELOAD_POLL_S="1")
-        # A session longer than the SIGSTOP test's pause, so the pause is no rebalance (and
-        # no longer: the first join waits about half of it here).
-        svc = ServiceProc(s, tmp / "service.log", env=env, session_timeout_ms=SESSION_MS)
-        feed = Feed(s.kafka_bootstrap_servers, s.kafka_candles_topic, candles[warm:], RATE)
-        try:
-            run_sync(svc.wait_ready(120))
-            took("service ready")
-            _wait(
-                lambda: _metric(svc, "stream_infer_predictions_produced_total") > 0,
-                60,
-                "no predictions from the warm-up",
-            )
-            feed.start()
-            _wait(lambda: _caught_up(svc), 30, "the service did not catch up with the live feed")
-            took("warm and caught up")
-            with running(tmp / "prometheus", [f"127.0.0.1:{svc.port}"], RULES) as prom:
-                _wait(lambda: bool(prom.query("up == 1")), 30, f"no scrape: {prom.tail()}")
-                took("prometheus scraping")
-                print(f"\nPROMETHEUS stack set up: {took}")
-                yield Stack(s, pg, root, svc, feed, prom, row, rec["created_at"].timestamp())
-        finally:
-            feed.stop()
-            if svc.alive():
-                os.kill(svc.pid, signal.SIGCONT)
-                svc.stop()
-
-
-class _Steps:
-    """Seconds per set-up step, for the log."""
-
-    def __init__(self) -> None:
-        self.t = time.monotonic()
-        self.steps: dict[str, float] = {}
-
-    def __call__(self, step: str) -> None:
-        now = time.monotonic()
-        self.steps[step] = round(now - self.t, 1)
-        self.t = now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{k} {v} s" for k, v in self.steps.items())
-
-
-def _wait(cond: Any, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, what
-        time.sleep(0.1)
-    return time.monotonic() - t0
-
-
-def _metric(svc: ServiceProc, name: str) -> float:
-    return svc.metrics().get(name, 0.0)
-
-
-def _caught_up(svc: ServiceProc) -> bool:
-    m = svc.metrics()
-    lags = [v for k, v in m.items() if k.startswith("stream_infer_consumer_lag_seconds{")]
-    return bool(lags) and max(lags) < 1.0
+    # A session longer than the SIGSTOP test's pause, so the pause is no rebalance (and no
+    # longer: the first join waits about half of it on the embedded broker).
+    with running_stack(
+        kafka_broker.bootstrap,
+        tmp_path_factory.mktemp("prometheus-stack"),
+        RULES,
+        rate=RATE,
+        per_stream=PER_STREAM,
+        session_ms=SESSION_MS,
+    ) as st:
+        print(f"\nPROMETHEUS stack set up: {st.setup}")
+        yield st
 
 
 # -- 1. healthy ---------------------------------------------------------------------------
@@ -325,8 +102,8 @@ def healthy(stack: Stack) -> Healthy:
     share; alert states polled every 0.5 s throughout."""
     prom, feed = stack.prom, stack.feed
     started = time.time()
-    poison = _poison()
-    due = [started + 15 + 7 * i for i in range(len(poison))]
+    bad = poison()
+    due = [started + 15 + 7 * i for i in range(len(bad))]
     seen: dict[tuple[str, str], list[str]] = {}
 
     def look() -> None:
@@ -337,11 +114,11 @@ def healthy(stack: Stack) -> Healthy:
     while time.time() < started + HEALTHY_S:
         while due and time.time() >= due[0]:
             due.pop(0)
-            feed.inject([poison.pop(0)])
+            feed.inject([bad.pop(0)])
         look()
         assert feed.alive(), f"the feed stopped: {feed.error!r}"
         time.sleep(0.5)
-    assert not poison
+    assert not bad
     at = time.time() - 1.0  # every rule has been evaluated at a time in (at - 1, at]
     panels = {(q.panel, q.ref): prom.query(q.expr, at) for q in dashboard_queries()}
     records = {name: prom.query(name, at) for name in recording_rules(RULES)}
@@ -415,13 +192,11 @@ def test_healthy_run_every_query_returns_data_that_agrees_and_no_alert_fires(
     # dead letters by reason: the counters equal the poison sent; the 1-minute rates hold
     # the poison of their window (all of it: it was sent 15-43 s into the run)
     # (every known reason is exported from the start, at 0)
-    poison = {k: n for k, n in h.total.items() if k != "candle"}
+    sent = {k: n for k, n in h.total.items() if k != "candle"}
     assert set(h.dead_letters) >= set(DEAD_LETTER_REASONS)
-    assert {k: v for k, v in h.dead_letters.items() if v} == {
-        k: float(n) for k, n in poison.items()
-    }
+    assert {k: v for k, v in h.dead_letters.items() if v} == {k: float(n) for k, n in sent.items()}
     in_window = {k: n for k, n in produced.items() if k != "candle"}
-    assert in_window == poison, "the poison is not inside the last rate window"
+    assert in_window == sent, "the poison is not inside the last rate window"
     rates = _by(r["instance_reason:stream_infer_dead_letters:rate1m"], "reason")
     assert set(rates) >= set(DEAD_LETTER_REASONS)
     assert {k: round(v * WINDOW_S) for k, v in rates.items() if v} == in_window
@@ -487,7 +262,7 @@ def test_healthy_run_every_query_returns_data_that_agrees_and_no_alert_fires(
     )
     print(
         f"\nPROMETHEUS healthy: {candles_s:.2f} candles/s produced, predictions/s "
-        f"{_one(r['instance:stream_infer_predictions:rate1m'], 'p'):.2f}; dead letters {poison}; "
+        f"{_one(r['instance:stream_infer_predictions:rate1m'], 'p'):.2f}; dead letters {sent}; "
         f"e2e p50 {1e3 * p50['end_to_end']:.1f} ms p99 {1e3 * p99['end_to_end']:.1f} ms; "
         f"pending alerts seen: {h.alerts_seen}"
     )
@@ -500,7 +275,7 @@ def test_poison_flood_fires_the_dead_letter_alert(stack: Stack, healthy: Healthy
     name = "StreamInferDeadLetterRateHigh"
     window = for_seconds(RULES, name)
     t0 = time.time()
-    stack.feed.inject([(b"flood %d" % i, "not_json") for i in range(1500)])
+    stack.feed.inject([(b"NEARUSDT", b"flood %d" % i, "not_json") for i in range(1500)])
     seen = stack.wait_alert(name, t0, window + 20)
     assert seen["active"] <= window, f"{name} not even pending within its for: ({window} s): {seen}"
     alert = stack.alert(name)
@@ -550,7 +325,7 @@ def test_sigstop_with_candles_coming_fires_the_lag_alert(stack: Stack, healthy: 
     assert seen["active"] <= LAG_BOUND_S + window, seen
     assert sent_while_stopped > RATE * LAG_BOUND_S / 2
     # and the lag drains once the process runs again
-    back = _wait(
+    back = wait(
         lambda: (
             (v := stack.prom.query("instance:stream_infer_consumer_lag_seconds:max")) != []
             and float(v[0]["value"][1]) < LAG_BOUND_S
