@@ -66,7 +66,10 @@ def _fires(st: Stack, name: str, t0: float, extra_s: float = 20.0) -> dict[str, 
     window = for_seconds(RULES, name)
     seen = st.wait_alert(name, t0, window + extra_s)
     assert st.alert(name)["labels"]["instance"] == st.target
-    print(f"\nPROMETHEUS {name}: {seen} s after the fault (for: {window} s)")
+    print(
+        f"\nPROMETHEUS {name}: pending {seen['active']:.1f} s, firing {seen['firing']:.1f} s "
+        f"after the fault (for: {window} s)"
+    )
     return seen
 
 
