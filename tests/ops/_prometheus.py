@@ -33,7 +33,6 @@ from tests.conftest import REPO
 RULES = REPO / "ops" / "prometheus" / "stream_infer.rules.yml"
 PROMETHEUS_CONFIG = REPO / "ops" / "prometheus" / "prometheus.yml"
 DASHBOARD = REPO / "ops" / "grafana" / "dashboards" / "stream_infer.json"
-COMPOSE = REPO / "docker-compose.yml"
 
 # Grafana's own variables in the dashboard's queries, as Grafana would fill them in for the
 # test (all instances; the rate window Grafana picks for a 15 s scrape interval).

@@ -24,7 +24,6 @@ from stream_infer.ops import Metrics
 from stream_infer.reload import EnsembleRuntime
 from tests.conftest import REPO
 from tests.ops._prometheus import (
-    COMPOSE,
     DASHBOARD,
     PROMETHEUS_CONFIG,
     RULES,
@@ -206,71 +205,6 @@ def test_dashboard_queries_prometheus_through_its_datasource_variable() -> None:
     ):
         assert needed in titles, needed
     assert len(dashboard_queries()) >= 20
-
-
-# -- docker-compose -----------------------------------------------------------------------
-
-
-def _mounts(service: dict[str, Any]) -> dict[str, Path]:
-    """container path -> host path of a service's bind mounts (host paths must exist)."""
-    out = {}
-    for v in service.get("volumes", []):
-        host, container = v.split(":")[:2]
-        assert host.startswith("./"), v
-        path = (REPO / host).resolve()
-        assert path.exists(), f"{v}: {path} does not exist"
-        out[container] = path
-    return out
-
-
-def _in_container(mounts: dict[str, Path], container_path: str) -> Path:
-    """The host file a container path resolves to through the bind mounts."""
-    for target, host in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
-        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
-            return host / container_path[len(target) :].lstrip("/")
-    raise AssertionError(f"{container_path} is not mounted from the repository")
-
-
-def test_compose_parses_and_its_monitoring_points_at_files_that_exist() -> None:
-    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
-    services = compose["services"]
-    # Prometheus: its config and the rules it names come from ops/prometheus
-    prom = services["prometheus"]
-    prom_mounts = _mounts(prom)
-    config_arg = next(a for a in prom["command"] if a.startswith("--config.file="))
-    config_file = _in_container(prom_mounts, config_arg.split("=", 1)[1])
-    assert config_file.is_file() and config_file.resolve() == PROMETHEUS_CONFIG.resolve()
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    for rule_file in config["rule_files"]:
-        assert (config_file.parent / rule_file).resolve() == RULES.resolve()
-    # it scrapes the service on its metrics port
-    scrape = config["scrape_configs"][0]
-    sd = scrape["dns_sd_configs"][0]
-    assert sd["names"] == ["service"] and "service" in services
-    assert str(sd["port"]) == str(services["service"]["environment"]["METRICS_PORT"])
-    # Grafana: the data source points at that Prometheus; the dashboard is where the
-    # provider reads dashboards from
-    graf = services["grafana"]
-    graf_mounts = _mounts(graf)
-    prov = _in_container(graf_mounts, "/etc/grafana/provisioning")
-    ds = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text(encoding="utf-8"))
-    (source,) = ds["datasources"]
-    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    assert "9090:9090" in prom["ports"]
-    providers = yaml.safe_load(
-        (prov / "dashboards" / "stream_infer.yml").read_text(encoding="utf-8")
-    )["providers"]
-    dash_dir = _in_container(graf_mounts, providers[0]["options"]["path"])
-    assert (dash_dir / DASHBOARD.name).resolve() == DASHBOARD.resolve()
-    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert _in_container(graf_mounts, home).resolve() == DASHBOARD.resolve()
-    # the image build copies what it installs with
-    dockerfile = compose["x-app"]["build"]["dockerfile_inline"]
-    assert "-c constraints.txt" in dockerfile
-    for line in dockerfile.splitlines():
-        if line.strip().startswith("COPY "):
-            for src in line.split()[1:-1]:
-                assert (REPO / src).exists(), line
 
 
 # -- packaging ----------------------------------------------------------------------------
