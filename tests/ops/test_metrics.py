@@ -1,16 +1,24 @@
 """The metrics the alerts of ops/prometheus need: the serving ensemble's activation time,
 the consumer position per partition, series that exist from the start, and per-partition
-series dropped when a partition goes to another member."""
+series dropped when a partition goes to another member (the last with two real members
+of one consumer group)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_infer.candles import RULES, Candle
 from stream_infer.events import DECODE_REASONS
+from stream_infer.kafka import Service
 from stream_infer.ops import DEAD_LETTER_REASONS, SKIP_REASONS, Metrics
+from stream_infer.pipeline import Pipeline
+from tests.fixtures_kafka import KafkaBroker, TopicsFactory
+from tests.kafka._util import BTC, NEAR, interleave, real_candles
+from tests.kafka.test_service import keyed, produce, running
 
 
 def _samples(m: Metrics) -> dict[str, float]:
@@ -87,3 +95,60 @@ def test_position_per_partition_and_forgetting_partitions() -> None:
         'stream_infer_consumer_lag_seconds{partition="0"}',
         'stream_infer_consumer_position_timestamp_seconds{partition="0"}',
     }
+
+
+@pytest.mark.services
+async def test_a_member_reports_only_the_partitions_it_owns(
+    kafka_broker: KafkaBroker, kafka_topics: TopicsFactory
+) -> None:
+    """Two members of one group: after the rebalance each one's per-partition series name
+    only its own partitions, and each of those has a position (the idle one's too)."""
+    s = kafka_topics(partitions=4)
+    # partitions by the default partitioner: AAA 0, NEAR 1, BTC 2 (3 gets nothing)
+    feed = interleave(
+        [
+            real_candles("AAAUSDT", 50, source=NEAR, skip=5_000),
+            real_candles("NEARUSDT", 50, source=NEAR),
+            real_candles("BTCUSDT", 50, source=BTC),
+        ]
+    )
+    events = keyed(feed)
+    ma, mb = Metrics(), Metrics()
+    a = Service(Pipeline(None), s, client_id="a", metrics=ma, probe_interval_s=0.2)
+    b = Service(Pipeline(None), s, client_id="b", metrics=mb, probe_interval_s=0.2)
+
+    def parts(m: Metrics, name: str) -> set[int]:
+        prefix = f'{name}{{partition="'
+        return {int(k[len(prefix) : -2]) for k in _samples(m) if k.startswith(prefix)}
+
+    position = "stream_infer_consumer_position_timestamp_seconds"
+    async with running(a):
+        await produce(kafka_broker.bootstrap, s.kafka_candles_topic, events[:60])
+        for _ in range(100):
+            if parts(ma, position) == {0, 1, 2, 3}:
+                break
+            await asyncio.sleep(0.1)
+        assert parts(ma, position) == {0, 1, 2, 3}
+        async with running(b):
+            for _ in range(200):
+                if a.assignment and b.assignment and a.ready and b.ready:
+                    break
+                await asyncio.sleep(0.1)
+            owned_a = {tp.partition for tp in a.assignment}
+            owned_b = {tp.partition for tp in b.assignment}
+            assert owned_a and owned_b and not owned_a & owned_b
+            await produce(kafka_broker.bootstrap, s.kafka_candles_topic, events[60:])
+            for _ in range(100):
+                if parts(ma, position) == owned_a and parts(mb, position) == owned_b:
+                    break
+                await asyncio.sleep(0.1)
+            for name in (position, "stream_infer_consumer_lag_seconds"):
+                assert parts(ma, name) <= owned_a, (name, owned_a, _samples(ma))
+                assert parts(mb, name) <= owned_b, (name, owned_b, _samples(mb))
+            assert parts(ma, position) == owned_a and parts(mb, position) == owned_b
+            # a fresh position: within a few probe intervals of now
+            now = time.time()
+            for m in (ma, mb):
+                for k, v in _samples(m).items():
+                    if k.startswith(position):
+                        assert now - 5 < v <= now + 1, (k, v)

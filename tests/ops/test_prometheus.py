@@ -46,7 +46,9 @@ from tests.ops._stack import stack as running_stack
 from tests.reliability._harness import run_sync
 from tests.reliability._pg import activate_dir
 
-pytestmark = pytest.mark.services
+# The module's set-up (broker, Postgres, service, Prometheus, the healthy minute) runs in
+# whichever test needs it first: about 2.5 minutes here, more on a slower machine.
+pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 
 models = pytest.importorskip("stream_infer.models")
 
