@@ -136,11 +136,10 @@ def rss_kb() -> int:
 
 
 def history_len(seq_len: int) -> int:
-    """Candles a stream holds before its first prediction: the first ready candle is the
-    400th (index 399, docs/feature-spec.md), and seq_len - 1 ready rows must come before it."""
-    from stream_infer.features import WARMUP
+    """Candles a stream holds before its first prediction (the readiness rule)."""
+    from stream_infer.pipeline import first_prediction_index
 
-    return WARMUP - 1 + seq_len - 1
+    return first_prediction_index(seq_len)
 
 
 def symbol_candles(symbols: int, per_symbol: int, prefix: str = "S") -> list[list[Candle]]:

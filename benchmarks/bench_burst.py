@@ -3,7 +3,7 @@ prediction is out.
 
 * broker: one service (a child process, built as ``stream-infer run`` builds it, the
   embedded broker, the shipped ensemble) holds ``max(sizes)`` warm streams, warmed through
-  the candles topic (the service consumes ``399 + seq_len - 1`` candles of each live, so
+  the candles topic (the service consumes ``first_prediction_index(seq_len)`` candles of each live, so
   each stream's next candle is predicted). Then, per trial and per N, the next candle of
   the first N symbols is sent at once (N sends, then wait for every acknowledgement).
   Measured: the last of them acknowledged by the broker -> the last of their N

@@ -14,7 +14,7 @@ process; this process produces candles and consumes predictions, timing both on 
 * burst: ``symbols`` warm symbols close a minute at once: the last candle of the burst
   acknowledged by the broker -> the last of its predictions read here.
 
-Warm-up: each stream gets ``399 + seq_len - 1`` history candles through the topic before
+Warm-up: each stream gets ``first_prediction_index(seq_len)`` history candles through the topic before
 measuring, so its next candle is its first ready one. On the embedded broker a consumer
 waits out ``fetch_max_wait_ms`` when nothing is there (docs/design.md, Local stack): the value
 used is reported, for the service and for the consumer here. Medians are what to quote:
@@ -54,11 +54,8 @@ from _common import (  # noqa: E402
 
 from stream_infer.candles import read_klines  # noqa: E402
 from stream_infer.config import KafkaSettings  # noqa: E402
-from stream_infer.kafka import (  # noqa: E402
-    READY_INDEX,
-    EmbeddedBroker,
-    make_producer,
-)
+from stream_infer.kafka import EmbeddedBroker, make_producer  # noqa: E402
+from stream_infer.pipeline import first_prediction_index  # noqa: E402
 
 DATA = REPO / "tests" / "data" / "klines"
 SOURCE = DATA / "NEARUSDT-1m-2023-02.csv.gz"
@@ -259,7 +256,7 @@ async def _single(
     """One candle at a time through the service (``floor``: with a model that costs
     nothing; ``echo``: a bare aiokafka echo instead of the service, no warm-up needed)."""
     s = await make_topics(bootstrap, "echo" if echo else "single", fetch_max_wait_ms)
-    history = READY_INDEX + _seq_len(models) - 1
+    history = first_prediction_index(_seq_len(models))
     rows = _rows(history + n + 20, 1000)
     if not echo:
         await produce_all(
@@ -312,7 +309,7 @@ async def _burst(
     use_uvloop: bool,
 ) -> dict[str, Any]:
     s = await make_topics(bootstrap, "burst", fetch_max_wait_ms)
-    history = READY_INDEX + _seq_len(models) - 1
+    history = first_prediction_index(_seq_len(models))
     names = [f"S{k:03d}USDT" for k in range(symbols)]
     data = read_klines(SOURCE)
     span = history + bursts

@@ -3,7 +3,7 @@
 Each count is measured in a fresh process (memory freed by earlier work would be reused and
 hide the growth). Baseline: the process with the ensemble loaded and an empty ``Pipeline``.
 Then N streams are built through ``Pipeline.warm`` (the path a service rebuilds state on),
-each with ``399 + seq_len`` real candles (the stream is ready: it predicts on its next
+each with ``ready_candles(seq_len)`` real candles (the stream is ready: it predicts on its next
 candle). Every stream gets its own float objects, as candles decoded from Kafka would (a
 per-stream price factor; ``Candle.model_construct``, the data is real and valid already):
 streams sharing one template's floats would under-count by a few KB.
@@ -31,18 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import SHIPPED, missing, rss_kb, symbol_candles
 
-from stream_infer.candles import Candle
+from stream_infer.candles import NUMERIC_FIELDS, Candle
 
-_SCALED = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "taker_buy_base",
-    "taker_buy_quote",
-)
+_SCALED = NUMERIC_FIELDS
 
 
 def _stream_candles(records: list[dict[str, Any]], k: int) -> Iterator[Candle]:

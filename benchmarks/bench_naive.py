@@ -34,19 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import SHIPPED, SOURCE, history_len, missing, pct, symbol_candles
 
-_COLS = (
-    "open_time",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trades",
-    "taker_buy_base",
-    "taker_buy_quote",
-    "spread_bps",
-)
+from stream_infer.candles import CANDLE_FIELDS
+
+_COLS = CANDLE_FIELDS
 TAIL = 512
 
 

@@ -1,7 +1,7 @@
 """Maximum sustained throughput with full inference.
 
 * broker: ``symbols`` streams are warmed through the candles topic (the service, a child
-  process built as ``stream-infer run`` builds it, consumes ``399 + seq_len - 1`` candles of
+  process built as ``stream-infer run`` builds it, consumes ``first_prediction_index(seq_len)`` candles of
   each live), then a backlog of ``per_symbol`` candles per symbol, every one of them
   predictable, is produced as fast as the producer goes while the service runs.
   Throughput = backlog / (first backlog send -> the last of its predictions read from the

@@ -55,3 +55,30 @@ def test_readme_command_is_a_cli_command(cmd: str) -> None:
     res = CliRunner().invoke(app, [*cmd.split(), "--help"])
     assert res.exit_code == 0, res.output
     assert "Usage" in res.output
+
+
+# Where the docs state when the bundled model first predicts: each figure must be the
+# readiness rule's, for the bundled model's seq_len (the docs cannot import it; this can).
+READINESS_DOCS = ("README.md", "docs/demo.md", "docs/service.md")
+_READY_FIGURE = re.compile(
+    r"(\d+)(?:st|nd|rd|th) candle|needs (\d+) candles|candles (\d+)\.\.|"
+    r">= (\d+) to predict|prediction per symbol at candle (\d+)|(\d+) for the bundled"
+)
+
+
+def test_readiness_figures_in_the_docs_follow_the_rule() -> None:
+    import json
+
+    from stream_infer.features import WARMUP
+    from stream_infer.pipeline import ready_candles
+
+    manifest = REPO / "artifacts" / "ensemble-v1" / "manifest.json"
+    seq_len = json.loads(manifest.read_text(encoding="utf-8"))["seq_len"]
+    found = []
+    for name in READINESS_DOCS:
+        for m in _READY_FIGURE.finditer((REPO / name).read_text(encoding="utf-8")):
+            n = int(next(g for g in m.groups() if g is not None))
+            found.append((name, m.group(0), n))
+    assert len(found) >= 6, found
+    for name, text, n in found:
+        assert n in (ready_candles(seq_len), WARMUP), (name, text, ready_candles(seq_len))

@@ -11,6 +11,7 @@ from stream_infer.candles._model import (
     CANDLE_COLUMNS,
     CANDLE_FIELDS,
     INTERVAL_MS,
+    NUMERIC_FIELDS,
     Candle,
     interval_to_ms,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "CANDLE_FIELDS",
     "INTERVAL_MS",
     "KLINE_COLUMNS",
+    "NUMERIC_FIELDS",
     "RULES",
     "Candle",
     "check_candle",

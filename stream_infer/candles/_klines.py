@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stream_infer._errors import DecodeError
-from stream_infer.candles._model import INTERVAL_MS
+from stream_infer.candles._model import INTERVAL_MS, NUMERIC_FIELDS
 from stream_infer.candles._rules import check_frame
 
 # The exchange's column order; renamed to the candle field names on read.
@@ -78,16 +78,7 @@ def read_klines(
     df["open_time"] = df["open_time"].astype(np.int64)
     df["close_time"] = df["close_time"].astype(np.int64)
     df["trades"] = df["trades"].astype(np.int64)
-    for col in (
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "quote_volume",
-        "taker_buy_base",
-        "taker_buy_quote",
-    ):
+    for col in NUMERIC_FIELDS:
         df[col] = df[col].astype(np.float64)
     # Some exchange dumps are in microseconds; candle events are in ms.
     if len(df) and df["open_time"].iloc[0] > 10**14:

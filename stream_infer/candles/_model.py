@@ -36,6 +36,11 @@ CANDLE_FIELDS: tuple[str, ...] = (
     "spread_bps",
 )
 
+# The float fields: prices and volumes (``trades`` is a count, ``spread_bps`` optional).
+NUMERIC_FIELDS: tuple[str, ...] = tuple(
+    f for f in CANDLE_FIELDS if f not in ("open_time", "trades", "spread_bps")
+)
+
 # A whole candle row: frames, the Postgres ``candles`` table and replay use this order.
 CANDLE_COLUMNS: tuple[str, ...] = (
     "symbol",

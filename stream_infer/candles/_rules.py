@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from stream_infer._errors import InvalidCandle
+from stream_infer.candles._model import NUMERIC_FIELDS
 
 RULES: dict[str, str] = {
     "numeric": "every price, volume and count is a number",
@@ -33,16 +34,7 @@ RULES: dict[str, str] = {
     "taker_buy_ratio": "a given taker_buy_ratio equals taker_buy_base / volume",
 }
 
-_NUMERIC = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "taker_buy_base",
-    "taker_buy_quote",
-)
+_NUMERIC = NUMERIC_FIELDS
 _INF = math.inf
 
 

@@ -37,7 +37,7 @@ def demo(
     prefix: Annotated[
         int,
         typer.Option(
-            help="candles per symbol sent at once first (a stream predicts from its 463rd)"
+            help="candles per symbol sent at once first (to predict at once: the features' warm-up + seq_len - 1)"
         ),
     ] = 500,
     db: Annotated[

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import orjson
 import typer
 
 from stream_infer._errors import ConfigError
@@ -22,12 +21,10 @@ def _load_ensemble(path: Path, ensemble_id: str | None, threads: int) -> Ensembl
     from stream_infer.models import load_ensemble
 
     if ensemble_id is None:
+        from stream_infer.config import file_ensemble_id, manifest_version
+
         # what `run` calls a file-configured ensemble of this version (ML_ENSEMBLE_VERSION)
-        try:
-            version = orjson.loads((path / "manifest.json").read_bytes()).get("version")
-        except (OSError, ValueError, AttributeError):
-            version = None  # load_ensemble names the problem
-        ensemble_id = f"file:{version}" if version else "file"
+        ensemble_id = file_ensemble_id(manifest_version(path))
     return load_ensemble(path, ensemble_id=ensemble_id, threads=threads)
 
 

@@ -10,12 +10,18 @@ import subprocess
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from stream_infer._errors import ConfigError
 from stream_infer.cli._app import app
+
+if TYPE_CHECKING:
+    from stream_infer.config import ServiceSettings
+    from stream_infer.db import PostgresHistory
+    from stream_infer.models import Ensemble
+    from stream_infer.reload import EnsembleRuntime
 
 log = logging.getLogger("stream_infer.service")
 
@@ -249,7 +255,7 @@ def run(
         from stream_infer.models import tune_malloc
 
         tune_malloc()  # batched model calls without page faults per call (speed only)
-    static: Any = None
+    static: Ensemble | None = None
     if models is not None and not no_models:
         static = _load_models(models, settings.ml_device)
     _event_loop()
@@ -292,36 +298,31 @@ def _service_settings() -> Any:
         raise ConfigError(f"bad setting: {bad}") from None
 
 
-def _load_models(path: Path, device: str) -> Any:
+def _load_models(path: Path, device: str) -> Ensemble:
     if not path.exists():
         raise ConfigError(
             f"no ensemble at {path}: pass --models DIR (or --no-models to run without inference)",
             path=str(path),
         )
-    import orjson
-
+    from stream_infer.config import file_ensemble_id, manifest_version
     from stream_infer.models import load_ensemble
 
     # Named as replay and the configuration name a file-configured ensemble: file:<version>.
-    try:
-        version = orjson.loads((path / "manifest.json").read_bytes()).get("version")
-    except (OSError, ValueError, AttributeError):
-        version = None  # load_ensemble names the problem
-    return load_ensemble(path, device=device, ensemble_id=f"file:{version}" if version else "file")
+    ensemble_id = file_ensemble_id(manifest_version(path))
+    return load_ensemble(path, device=device, ensemble_id=ensemble_id)
 
 
 async def _serve(
-    settings: Any,
-    static: Any,
+    settings: ServiceSettings,
+    static: Ensemble | None,
     *,
     configured: bool,
     partitions: int,
     session_timeout_ms: int,
     metrics_host: str = "0.0.0.0",
 ) -> None:
-    from stream_infer.kafka import Service, create_topics
+    from stream_infer.kafka import ServiceOptions, build_service, create_topics
     from stream_infer.ops import Metrics, OpsServer
-    from stream_infer.pipeline import Pipeline
 
     kafka = settings.kafka
     if partitions > 0:
@@ -334,21 +335,14 @@ async def _serve(
         )
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
-        provider: Any = None
-        on_batch: Any = None
-        gate: Any = None
-        ensemble = static
-        # /readyz wants a model unless inference is disabled by configuration.
-        model_required: Any = static is not None
+        runtime: EnsembleRuntime | None = None
         if configured:
             from stream_infer.reload import EnsembleRuntime
 
-            rt = await stack.enter_async_context(EnsembleRuntime(settings, metrics=metrics))
-            provider, on_batch, ensemble = rt.provider, rt.on_batch, rt.current
-            gate = rt.gate  # a hot reload's load steps go between batches
-            model_required = rt.model_required
-            metrics.add_callback(rt.collect_metrics)
-        stream_history: Any = None
+            runtime = await stack.enter_async_context(EnsembleRuntime(settings, metrics=metrics))
+            metrics.add_callback(runtime.collect_metrics)
+        ensemble = static if runtime is None else runtime.current
+        stream_history: PostgresHistory | None = None
         if settings.history_source == "postgres":
             from stream_infer.db import Database, PostgresHistory
 
@@ -356,17 +350,16 @@ async def _serve(
             db = Database(settings.db, max_size=2, connect_timeout=3.0)
             stack.push_async_callback(db.close)
             stream_history = PostgresHistory(db)
-        service = Service(
-            Pipeline(ensemble, max_bytes=kafka.kafka_max_message_bytes),
+        service = build_service(
             kafka,
-            ensemble=provider,
-            on_batch=on_batch,
-            gate=gate,
-            session_timeout_ms=session_timeout_ms,
+            static,
+            reload=runtime,
             metrics=metrics,
-            model_required=model_required,
-            start_timeout_s=None,  # a service waits for its broker (not ready meanwhile)
             stream_history=stream_history,
+            options=ServiceOptions(
+                session_timeout_ms=session_timeout_ms,
+                start_timeout_s=None,  # a service waits for its broker (not ready meanwhile)
+            ),
         )
         _install_stop(asyncio.get_running_loop(), service.request_stop)
         if settings.metrics_port is not None:

@@ -8,7 +8,9 @@ from stream_infer.config._ensemble import (
     EnsembleConfig,
     check_under_root,
     default_models_root,
+    file_ensemble_id,
     log_ensemble_config,
+    manifest_version,
     resolve_ensemble,
 )
 from stream_infer.config._settings import DatabaseSettings, KafkaSettings, ServiceSettings
@@ -22,6 +24,8 @@ __all__ = [
     "ServiceSettings",
     "check_under_root",
     "default_models_root",
+    "file_ensemble_id",
     "log_ensemble_config",
+    "manifest_version",
     "resolve_ensemble",
 ]

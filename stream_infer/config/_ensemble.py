@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from stream_infer._artifacts import MAMBA_FILE, MANIFEST_FILE, NORM_FILE
 from stream_infer._errors import ConfigError
 
 __all__ = [
@@ -37,7 +38,9 @@ __all__ = [
     "check_dir_under_root",
     "check_under_root",
     "default_models_root",
+    "file_ensemble_id",
     "log_ensemble_config",
+    "manifest_version",
     "resolve_ensemble",
 ]
 
@@ -67,11 +70,9 @@ TOML_KEYS: dict[str, str] = {
 }
 _PATHS = ("mamba_path", "lgbm_models_dir", "norm_params_path")
 
-# The runtime loads a model directory with fixed file names (stream_infer.models; a test
-# keeps these equal to its MAMBA_FILE and NORM_FILE). A path naming another file is refused
-# rather than silently replaced by the directory's own file.
-MAMBA_FILE = "mamba.pt"
-NORM_FILE = "normalization_params_v1.json"
+# The runtime loads a model directory with fixed file names (``stream_infer._artifacts``,
+# MAMBA_FILE and NORM_FILE). A path naming another file is refused rather than silently
+# replaced by the directory's own file.
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -131,6 +132,24 @@ class EnsembleConfig(BaseModel):
     def model_dir(self) -> Path | None:
         """The one directory the runtime loads (the three paths must agree on it)."""
         return _model_dir(self.mamba_path, self.lgbm_models_dir, self.norm_params_path)
+
+
+def file_ensemble_id(version: str | None) -> str:
+    """What an ensemble configured by file (``--models``, environment, TOML) is called:
+    ``file:<version>``, or ``file`` without a version."""
+    return f"file:{version}" if version else "file"
+
+
+def manifest_version(model_dir: Path) -> str | None:
+    """The ``version`` a model directory's manifest.json names; None when it cannot be read
+    (the loader then names the problem)."""
+    import json
+
+    try:
+        version = json.loads((Path(model_dir) / MANIFEST_FILE).read_bytes()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(version) if version else None
 
 
 def default_models_root() -> Path:
@@ -369,7 +388,7 @@ def resolve_ensemble(
     return EnsembleConfig(
         enabled=enabled,
         source=source,
-        ensemble_id=(f"file:{version}" if version else "file") if enabled else None,
+        ensemble_id=file_ensemble_id(version) if enabled else None,
         device=device,
         sources=sources,
         **values,

@@ -24,7 +24,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from stream_infer._artifacts import MANIFEST_FILE
 from stream_infer._errors import BrokerError, ConfigError, DecodeError
+from stream_infer.config._ensemble import manifest_version
 from stream_infer.demo._chart import write_chart
 from stream_infer.demo._data import SymbolFeed, bundled_klines, default_models_dir, load_feeds
 from stream_infer.demo._state import DemoState, DemoSummary
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
     from stream_infer.config import KafkaSettings, ServiceSettings
     from stream_infer.db import Database, EnsembleRow
     from stream_infer.kafka import Service
-    from stream_infer.reload import BatchGate, EnsembleRuntime
+    from stream_infer.models import Ensemble
+    from stream_infer.reload import EnsembleRuntime
 
 __all__ = ["QUICK", "DemoOptions", "DemoResult", "main", "run_demo"]
 
@@ -58,7 +61,7 @@ class DemoOptions:
     out_dir: Path = Path("demo-out")
     models_dir: Path | None = None
     data_dir: Path | None = None
-    prefix: int = 500  # candles per symbol sent at once first (readiness needs 463)
+    prefix: int = 500  # candles per symbol sent at once first (>= ready_candles(seq_len))
     live_view: bool | None = None  # None: a rich live table when stdout is a terminal
     use_db: bool | None = None  # None: Postgres config when DB_HOST is set
     reload_after_s: float | None = None  # Postgres: activate version B then (None: half-way)
@@ -103,7 +106,7 @@ async def run_demo(
     use_db = _db_configured() if opts.use_db is None else opts.use_db
 
     models_dir = (opts.models_dir or default_models_dir()).expanduser()
-    if not (models_dir / "manifest.json").is_file():
+    if not (models_dir / MANIFEST_FILE).is_file():
         raise ConfigError(
             f"no ensemble at {models_dir} (manifest.json missing): pass --models DIR",
             path=str(models_dir),
@@ -165,31 +168,25 @@ async def run_demo(
         if use_db:
             db_ctx = await _db_setup(stack, models_dir)
             header.config = f"postgres {db_ctx.db.dsn} (hot reload on)"
-            provider: Callable[[], Any] | None = db_ctx.runtime.provider
-            on_batch: Callable[[Any], Any] | None = db_ctx.runtime.on_batch
             ensemble = db_ctx.runtime.current
         else:
             db_ctx = None
             ensemble = await asyncio.to_thread(_load_file_ensemble, models_dir)
             header.config = f"file {models_dir}"
-            provider = on_batch = None
             _print(f"config: file {models_dir} (set DB_HOST for Postgres config and hot reload)")
         _print(
             f"models: {models_dir} ensemble_id={ensemble.ensemble_id} version={ensemble.version} "
             f"horizons={list(ensemble.horizons)} seq_len={ensemble.seq_len}"
         )
 
-        from stream_infer.kafka import READY_INDEX
-        from stream_infer.pipeline import Pipeline
+        from stream_infer.pipeline import first_prediction_index
 
-        pipeline = Pipeline(ensemble)
-        # A stream's first prediction: this candle index (0-based; Pipeline's readiness rule).
-        first_index = (
-            READY_INDEX + (ensemble.seq_len if ensemble is not None else pipeline.keep_rows) - 1
-        )
-        gate = db_ctx.runtime.gate if db_ctx is not None else None
         service, service_task = await _start_service(
-            stack, pipeline, kafka, provider, on_batch, gate
+            stack, kafka, ensemble if db_ctx is None else None, db_ctx
+        )
+        # A stream's first prediction: this candle index (0-based; Pipeline's readiness rule).
+        first_index = first_prediction_index(
+            ensemble.seq_len if ensemble is not None else service.pipeline.keep_rows
         )
         _print(
             f"service: in-process consumer group {kafka.kafka_group_id}, "
@@ -332,17 +329,13 @@ def _db_configured() -> bool:
 
 def _load_file_ensemble(models_dir: Path) -> Any:
     """As ``stream-infer run --models`` loads it: ensemble_id ``file:<version>``."""
-    from stream_infer.config import ServiceSettings
+    from stream_infer.config import ServiceSettings, file_ensemble_id, manifest_version
     from stream_infer.models import load_ensemble
 
-    try:
-        version = orjson.loads((models_dir / "manifest.json").read_bytes()).get("version")
-    except (OSError, ValueError, AttributeError):
-        version = None  # load_ensemble names the problem
     ens = load_ensemble(
         models_dir,
         device=ServiceSettings().ml_device,
-        ensemble_id=f"file:{version}" if version else "file",
+        ensemble_id=file_ensemble_id(manifest_version(models_dir)),
     )
     ens.check()
     return ens
@@ -395,7 +388,7 @@ async def _db_setup(stack: contextlib.AsyncExitStack, models_dir: Path) -> _DbCo
         f"the demo: {before.id if before else 'none'}"
     )
     stack.push_async_callback(_quietly, _restore_active, db, before)
-    base = str(orjson.loads((path / "manifest.json").read_bytes()).get("version") or path.name)
+    base = manifest_version(path) or path.name
     version_a, version_b = f"{base}-demo-a", f"{base}-demo-b"
     row = await activate(
         db, path, version=version_a, models_root=settings.models_root, device=settings.ml_device
@@ -437,22 +430,17 @@ async def _restore_active(db: Database, before: EnsembleRow | None) -> None:
 
 async def _start_service(
     stack: contextlib.AsyncExitStack,
-    pipeline: Any,
     kafka: KafkaSettings,
-    provider: Callable[[], Any] | None,
-    on_batch: Callable[[Any], Any] | None,
-    gate: BatchGate | None = None,
+    ensemble: Ensemble | None,
+    db_ctx: _DbContext | None,
 ) -> tuple[Service, asyncio.Task[Any]]:
-    from stream_infer.kafka import Service
+    from stream_infer.kafka import ServiceOptions, build_service
 
-    service = Service(
-        pipeline,
+    service = build_service(
         kafka,
-        ensemble=provider,
-        on_batch=on_batch,
-        gate=gate,  # the hot reload's load steps go between batches
-        client_id="stream-infer-demo",
-        session_timeout_ms=6000,
+        ensemble,
+        reload=None if db_ctx is None else db_ctx.runtime,
+        options=ServiceOptions(client_id="stream-infer-demo", session_timeout_ms=6000),
     )
     stack.push_async_callback(_quietly, service.close)
     await service.start()

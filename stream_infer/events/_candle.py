@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from stream_infer._errors import DecodeError, InvalidCandle
-from stream_infer.candles import INTERVAL_MS, Candle, check_candle
+from stream_infer.candles import INTERVAL_MS, NUMERIC_FIELDS, Candle, check_candle
 
 __all__ = [
     "DECODE_REASONS",
@@ -44,16 +44,7 @@ DECODE_REASONS: dict[str, str] = {
 _MAX_INT = 1 << 53
 _MAX_NUMBER_TEXT = 64
 
-_PRICES = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "taker_buy_base",
-    "taker_buy_quote",
-)
+_PRICES = NUMERIC_FIELDS
 # Binance kline ("k") keys -> candle fields.
 _KLINE = {
     "s": "symbol",

@@ -185,6 +185,11 @@ class KafkaHistory:
         self._client = dict(client or {})
         self._consumer: AIOKafkaConsumer | None = None
 
+    @property
+    def client(self) -> dict[str, Any]:
+        """The connection options its consumer is built with (``client_kwargs``)."""
+        return dict(self._client)
+
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 

@@ -34,15 +34,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from stream_infer.candles import Candle, interval_to_ms
 from stream_infer.kafka._history import HistorySource, StreamKey
+from stream_infer.kafka._observer import Observer
 from stream_infer.kafka._stats import Stats
 from stream_infer.pipeline import HeldStream
-
-if TYPE_CHECKING:
-    from stream_infer.ops import Metrics
 
 __all__ = [
     "LazyHistory",
@@ -120,19 +118,21 @@ class LazyHistory:
         source: StreamHistorySource,
         fallback: HistorySource,
         *,
-        stats: Stats | None = None,
-        metrics: Metrics | None = None,
+        observer: Observer | None = None,
         ping_timeout_s: float = 5.0,
     ) -> None:
         self.source = source
         self.fallback = fallback
-        self.stats = stats or Stats()
-        self.metrics = metrics
+        self.observer = observer or Observer()
         self.ping_timeout_s = ping_timeout_s
         self._settled: dict[int, set[StreamKey]] = {}
         self._usable: bool | None = None
 
     # -- which partitions and streams --------------------------------------------------
+
+    @property
+    def stats(self) -> Stats:
+        return self.observer.stats
 
     @property
     def partitions(self) -> set[int]:
@@ -191,9 +191,7 @@ class LazyHistory:
             try:
                 rows = await self.source.fetch_many(bounds, need)
             except Exception as exc:
-                self.stats.history_failures += 1
-                if self.metrics is not None:
-                    self.metrics.broker_errors.labels("history").inc()
+                self.observer.history_failed()
                 log.warning(
                     "history: reading %d streams from %s failed (%s); the topic instead",
                     len(todo),
@@ -232,7 +230,7 @@ class LazyHistory:
                     (h.candle.symbol, h.candle.interval)
                 )
         out.seconds = time.perf_counter() - t0
-        self._count(out)
+        self.observer.streams_resolved(out)
         log.info(
             "history: %d streams from %s, %d not covered (%d from the topic, %d warm up live): "
             "%d candles in %.3f s",
@@ -262,9 +260,7 @@ class LazyHistory:
         try:
             res = await self.fallback.load(TopicPartition(topic, partition), end, need)
         except Exception:
-            self.stats.history_failures += 1
-            if self.metrics is not None:
-                self.metrics.broker_errors.labels("history").inc()
+            self.observer.history_failed()
             log.exception(
                 "history: reading partition %d up to %d from the topic failed; %d streams warm "
                 "up live",
@@ -282,19 +278,3 @@ class LazyHistory:
         found = {(c.symbol, c.interval) for c in candles}
         out.from_topic.extend(sorted(found))
         out.cold.extend(sorted(keys - found))
-
-    def _count(self, out: Resolved) -> None:
-        st = self.stats
-        st.history_postgres_streams += len(out.from_source)
-        st.history_not_covered += len(out.from_topic) + len(out.cold)
-        st.history_candles += out.candles
-        st.history_seconds += out.seconds
-        m = self.metrics
-        if m is not None:
-            for source, n in (
-                ("postgres", len(out.from_source)),
-                ("topic", len(out.from_topic)),
-                ("none", len(out.cold)),
-            ):
-                if n:
-                    m.history_streams.labels(source).inc(n)

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from stream_infer._artifacts import MAMBA_FILE, MANIFEST_FILE, NORM_FILE, REFERENCE_FILE, lgbm_file
 from stream_infer._errors import ArtifactError
 
 __all__ = [
@@ -32,10 +33,6 @@ __all__ = [
     "write_json",
 ]
 
-MANIFEST_FILE = "manifest.json"
-MAMBA_FILE = "mamba.pt"
-NORM_FILE = "normalization_params_v1.json"
-REFERENCE_FILE = "reference_window.npy"
 MANIFEST_FORMAT = "stream_infer.ensemble/1"
 # Default window rows of the Mamba. 32 rather than 64: out-of-sample AUC on April 2023 as
 # good (docs/models.md, Results) at ~25% less per window and half the rows kept per stream.
@@ -52,10 +49,6 @@ _REQUIRED = {
     "checksums": dict,
     "reference": dict,
 }
-
-
-def lgbm_file(h: int) -> str:
-    return f"lgbm_h{h}.onnx"
 
 
 def sha256_file(path: Path) -> str:

@@ -22,11 +22,12 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numpy as np
 
 from stream_infer._errors import ArtifactError, ModelError
+from stream_infer._steps import run_steps
 from stream_infer.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES
 from stream_infer.models._manifest import (
     MAMBA_FILE,
@@ -440,18 +441,6 @@ def load_ensemble(
             threads=threads,
         )
     )
-
-
-T = TypeVar("T")
-
-
-def run_steps(steps: Generator[str, None, T]) -> T:
-    """Run a step generator (``load_ensemble_steps``) to the end; returns what it returns."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return cast(T, done.value)
 
 
 # The frozen module keeps these as attributes (not folded into constants): ``_check_norm``

@@ -332,7 +332,9 @@ def train_ensemble(
     lgbm_paths = []
     for h, booster in zip(horizons, boosters, strict=True):
         path = out / lgbm_file(h)
-        path.write_bytes(to_onnx(booster, N_FEATURES, f"lgbm_h{h}").SerializeToString())
+        path.write_bytes(
+            to_onnx(booster, N_FEATURES, lgbm_file(h).removesuffix(".onnx")).SerializeToString()
+        )
         lgbm_paths.append(path)
     with _DeterministicTorch(threads=1):
         ts_diff = check_torchscript(model, out / MAMBA_FILE, test.windows())

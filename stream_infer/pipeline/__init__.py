@@ -7,6 +7,11 @@ offline twin (``stream-infer replay``) call; it does no I/O and reads no clock o
 from __future__ import annotations
 
 from stream_infer.pipeline._pipeline import FeaturesFactory, Pipeline, wall_ms
+from stream_infer.pipeline._readiness import (
+    READY_INDEX,
+    first_prediction_index,
+    ready_candles,
+)
 from stream_infer.pipeline._replay import ReplayStats, merged_candle_messages, replay_klines
 from stream_infer.pipeline._types import (
     BatchResult,
@@ -21,6 +26,7 @@ from stream_infer.pipeline._types import (
 )
 
 __all__ = [
+    "READY_INDEX",
     "BatchResult",
     "Counts",
     "EnsembleLike",
@@ -33,7 +39,9 @@ __all__ = [
     "ReplayStats",
     "StageTimes",
     "StreamState",
+    "first_prediction_index",
     "merged_candle_messages",
+    "ready_candles",
     "replay_klines",
     "wall_ms",
 ]

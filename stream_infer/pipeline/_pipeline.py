@@ -68,8 +68,9 @@ class Pipeline:
       largest ``seq_len`` of any ensemble served so far, or the ``keep_rows`` given if
       larger (default 64, so that enabling a model later rarely needs a rebuild).
     * Readiness: a candle gets a prediction when its stream's features are ready (the
-      400th candle on, docs/feature-spec.md) and ``seq_len`` ready rows are kept: the first one
-      is at candle index ``399 + seq_len - 1`` of a stream (gap-filled candles count).
+      ``WARMUP``-th candle on, docs/feature-spec.md) and ``seq_len`` ready rows are kept: the first
+      one is at candle index ``first_prediction_index(seq_len)`` of a stream (gap-filled
+      candles count; ``_readiness.py``).
     * Bad input becomes a :class:`~stream_infer.events.DeadLetter`; it never raises and
       never touches a stream.
     * ``swap`` replaces the ensemble for the next ``process`` call, never mid-batch. If

@@ -24,6 +24,8 @@ import time
 from collections.abc import AsyncIterator, Generator
 from typing import Any, TypeVar, cast
 
+from stream_infer._steps import advance
+
 __all__ = ["BatchGate"]
 
 T = TypeVar("T")
@@ -97,7 +99,7 @@ class BatchGate:
         """
         while True:
             async with self.step():
-                done, value = await asyncio.to_thread(_advance, steps)
+                done, value = await asyncio.to_thread(advance, steps)
             if done:
                 return cast(T, value)
 
@@ -107,12 +109,3 @@ class BatchGate:
         (3-10 ms holding the GIL), not in the service's next batch."""
         async with self.step():
             await asyncio.to_thread(holder.clear)
-
-
-def _advance(steps: Generator[Any, None, Any]) -> tuple[bool, Any]:
-    # StopIteration cannot travel through a Future (asyncio refuses it): turn it into a value.
-    try:
-        next(steps)
-    except StopIteration as stop:
-        return True, stop.value
-    return False, None

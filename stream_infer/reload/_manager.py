@@ -15,12 +15,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import asyncpg
 
 from stream_infer._errors import ConfigError, DatabaseError, ModelError
+from stream_infer._steps import run_steps
 from stream_infer.config import (
     EnsembleConfig,
     ServiceSettings,
@@ -34,7 +37,9 @@ from stream_infer.reload._gate import BatchGate
 __all__ = [
     "EnsembleLike",
     "Loader",
+    "ManagerState",
     "ModelManager",
+    "Phase",
     "StepLoader",
     "check_hot_reload",
     "default_loader",
@@ -145,7 +150,7 @@ def load_checked(
     (manifest, files, shapes), ``check()`` (finite, equal to the reference window), and
     agreement with what the row promises and with the feature spec the service computes.
     """
-    return _run_all(load_checked_steps(_one_step(loader), config, feature_version=feature_version))
+    return run_steps(load_checked_steps(_one_step(loader), config, feature_version=feature_version))
 
 
 def load_checked_steps(
@@ -189,6 +194,25 @@ def load_checked_steps(
     return ensemble
 
 
+class Phase(Enum):
+    """What the manager serves."""
+
+    STARTING = "starting"  # ``initialize`` is making the first choice: a success is no reload
+    ROW = "row"  # the active ``active_ensembles`` row's ensemble
+    FALLBACK = "fallback"  # the environment/TOML configuration (or inference disabled)
+    HOLDING = "holding"  # the active row's ensemble cannot be loaded (``held_row``)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerState:
+    """The manager's state: its phase, and the active row that cannot be loaded (HOLDING, or
+    STARTING after the row failed). While holding, a model is required: the service does
+    not consume without one (the previous ensemble, if any, keeps serving)."""
+
+    phase: Phase
+    held_row: int | None = None
+
+
 class ModelManager:
     """Holds the serving ensemble (``current``) and its configuration; swaps atomically.
 
@@ -199,6 +223,10 @@ class ModelManager:
     ``gate``: give it to the service (``Service(gate=manager.gate)``); a hot reload then
     loads one step per gap between two batches (``BatchGate``). Without a service holding
     it, each step only waits ``gate.quiet_s`` for a batch that never comes.
+
+    ``state`` (``ManagerState``) changes only through its methods: ``finish_start`` (a
+    manager made with ``starting=True``), ``hold`` / ``row_failed`` (the active row cannot
+    be loaded) and ``swap`` (``reloaded=True`` after a successful hot reload ends a hold).
     """
 
     def __init__(
@@ -214,6 +242,7 @@ class ModelManager:
         feature_version: int | None = None,
         metrics: Any | None = None,
         gate: BatchGate | None = None,
+        starting: bool = False,
     ) -> None:
         self._config = config
         self._current = ensemble
@@ -224,15 +253,12 @@ class ModelManager:
         self.models_root = models_root
         self.feature_version = feature_version
         self.metrics = metrics
-        self.failed_ids: set[int] = set()
-        # The active row when its ensemble could not be loaded (None: it serves, or no row).
-        self.unloadable_row: int | None = None
+        self._failed_ids: set[int] = set()
+        self._state = ManagerState(Phase.STARTING) if starting else self._serving(None)
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.last_error: str | None = None
         self.swapped_at: float | None = None
-        # False while ``initialize`` makes the first choice; a success then is no "reload".
-        self.started = True
         self._hooks: list[SwapHook] = []
         self._lock = threading.Lock()
         # One reload at a time: a NOTIFY and a poll must not load the same row twice.
@@ -243,6 +269,48 @@ class ModelManager:
     def current(self) -> Any | None:
         """The serving ensemble, or None when inference is disabled."""
         return self._current
+
+    # -- the state ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ManagerState:
+        return self._state
+
+    @property
+    def started(self) -> bool:
+        """False while ``initialize`` makes the first choice (a success then is no reload)."""
+        return self._state.phase is not Phase.STARTING
+
+    @property
+    def unloadable_row(self) -> int | None:
+        """The active row when its ensemble could not be loaded (None: it serves, or no row)."""
+        return self._state.held_row
+
+    @property
+    def failed_ids(self) -> frozenset[int]:
+        """Rows whose ensembles failed to load or check: not tried again until reactivated."""
+        return frozenset(self._failed_ids)
+
+    def _serving(self, held_row: int | None) -> ManagerState:
+        if held_row is not None:
+            return ManagerState(Phase.HOLDING, held_row)
+        return ManagerState(Phase.ROW if self._config.row_id is not None else Phase.FALLBACK)
+
+    def finish_start(self) -> None:
+        """The first choice is made: from now on a swap is a reload."""
+        if not self.started:
+            self._state = self._serving(self._state.held_row)
+
+    def hold(self, row_id: int) -> None:
+        """The active row ``row_id`` cannot be loaded (it failed before): a model is required."""
+        self._state = ManagerState(self._state.phase, row_id)
+        if self.started:
+            self._state = self._serving(row_id)
+
+    def row_failed(self, row_id: int) -> None:
+        """Loading the active row ``row_id`` failed: remember it and hold."""
+        self._failed_ids.add(row_id)
+        self.hold(row_id)
 
     @property
     def config(self) -> EnsembleConfig:
@@ -275,13 +343,22 @@ class ModelManager:
         """Call ``hook(ensemble, config)`` on every swap (e.g. the service's ``pipeline.swap``)."""
         self._hooks.append(hook)
 
-    def swap(self, ensemble: Any | None, config: EnsembleConfig) -> Any | None:
-        """Make ``ensemble`` the serving one; returns the previous. Hooks may veto by raising."""
+    def swap(
+        self, ensemble: Any | None, config: EnsembleConfig, *, reloaded: bool = False
+    ) -> Any | None:
+        """Make ``ensemble`` the serving one; returns the previous. Hooks may veto by raising.
+        ``reloaded``: it is the active row's (or, with no row, the fallback's) own ensemble,
+        which ends any hold."""
         with self._lock:
             for hook in self._hooks:
                 hook(ensemble, config)
             old, self._current, self._config = self._current, ensemble, config
             self.swapped_at = time.monotonic()
+            held = None if reloaded else self._state.held_row
+            if self.started:
+                self._state = self._serving(held)
+            else:
+                self._state = ManagerState(Phase.STARTING, held)
         if self.metrics is not None:
             self.metrics.set_ensemble(
                 None if ensemble is None else str(config.ensemble_id),
@@ -322,15 +399,7 @@ class ModelManager:
         steps = load_checked_steps(self.step_loader, config, feature_version=self.feature_version)
         if self.started:
             return await self.gate.run_steps(steps)
-        return await asyncio.to_thread(_run_all, steps)
-
-
-def _run_all(steps: Generator[str, None, EnsembleLike]) -> EnsembleLike:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return cast(EnsembleLike, done.value)
+        return await asyncio.to_thread(run_steps, steps)
 
 
 async def _read_active(db: Database | asyncpg.Connection, timeout: float | None) -> Any:
@@ -355,8 +424,8 @@ async def check_hot_reload(
     async with manager.reload_lock:
         row = await _read_active(db, read_timeout)
         target = None if row is None else row.id
-        if target in manager.failed_ids:
-            manager.unloadable_row = target
+        if target is not None and target in manager.failed_ids:
+            manager.hold(target)
         if target == manager.active_row_id or (target is not None and target in manager.failed_ids):
             return False
         started = time.monotonic()
@@ -365,13 +434,12 @@ async def check_hot_reload(
             if row is None:
                 log.info("no active ensemble row any more: back to %s config", config.source)
             ensemble = await manager.load(config) if config.enabled else None
-            old = manager.swap(ensemble, config)
+            old = manager.swap(ensemble, config, reloaded=True)
         except Exception as exc:
             # Whatever a bad row, file or hook raises (torch and onnxruntime have their own
             # errors): the old ensemble keeps serving and this row is not tried again.
             if target is not None:
-                manager.failed_ids.add(target)
-                manager.unloadable_row = target
+                manager.row_failed(target)
             message = f"{type(exc).__name__}: {exc}"
             manager.count(False, message)
             log.error(
@@ -380,7 +448,6 @@ async def check_hot_reload(
                 message,
             )
             return False
-        manager.unloadable_row = None
         manager.count(True)
         log.info("hot reload to row %s done in %.0f ms", target, 1e3 * (time.monotonic() - started))
         if manager.started and old is not None:
@@ -424,8 +491,8 @@ async def initialize(
         models_root=models_root,
         feature_version=feature_version,
         metrics=metrics,
+        starting=True,
     )
-    manager.started = False
     if db is not None:
         try:
             await check_hot_reload(db, manager, read_timeout=db_timeout)
@@ -439,6 +506,6 @@ async def initialize(
             )
     if manager.active_row_id is None and fallback.enabled and manager.current is None:
         manager.swap(await manager.load(fallback), fallback)
-    manager.started = True
+    manager.finish_start()
     log_ensemble_config(manager.config)
     return manager.config, manager

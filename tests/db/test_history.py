@@ -11,7 +11,10 @@ from stream_infer.candles import read_klines
 from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, PostgresHistory, load_candles, load_klines_files
 from stream_infer.kafka import free_port
+from stream_infer.pipeline import ready_candles
 from tests.conftest import DATA
+
+NEED = ready_candles(64)  # candles asked per stream: warm-up, then a 64-row window
 
 pytestmark = pytest.mark.services
 
@@ -77,7 +80,7 @@ async def test_fetch_many_reads_many_streams_each_before_its_own_bound_in_one_qu
         ("NOPE", "1m"): int(times.iloc[3000]),
     }
     history = CountingHistory(pg_db)
-    got = await history.fetch_many(bounds, 463)
+    got = await history.fetch_many(bounds, NEED)
     assert history.queries == 1, "one round trip for all streams"
     assert set(got) == {("BTCUSDT", "1m"), ("ETHUSDT", "1m")}
     assert [c.open_time for c in got[("BTCUSDT", "1m")]] == times.iloc[537:1000].tolist()
@@ -85,16 +88,16 @@ async def test_fetch_many_reads_many_streams_each_before_its_own_bound_in_one_qu
     assert {c.symbol for c in got[("ETHUSDT", "1m")]} == {"ETHUSDT"}
     # the same candles, field for field, as the one-stream read
     assert got[("BTCUSDT", "1m")] == await history.fetch(
-        "BTCUSDT", "1m", bounds["BTCUSDT", "1m"], 463
+        "BTCUSDT", "1m", bounds["BTCUSDT", "1m"], NEED
     )
     # fewer rows than asked: all of them; chunked: the same answer in more queries
-    few = await history.fetch_many({("BTCUSDT", "1m"): int(times.iloc[10])}, 463)
+    few = await history.fetch_many({("BTCUSDT", "1m"): int(times.iloc[10])}, NEED)
     assert [c.open_time for c in few[("BTCUSDT", "1m")]] == times.iloc[:10].tolist()
     chunked = CountingHistory(pg_db, max_streams_per_query=1)
-    assert await chunked.fetch_many(bounds, 463) == got
+    assert await chunked.fetch_many(bounds, NEED) == got
     assert chunked.queries == len(bounds)
     first = int(times.iloc[0])
-    assert await history.fetch_many({("BTCUSDT", "1m"): first}, 463) == {}
+    assert await history.fetch_many({("BTCUSDT", "1m"): first}, NEED) == {}
     assert await history.fetch_many(bounds, 0) == {}
     assert await history.fetch_many({}, 10) == {}
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from stream_infer.candles import read_klines
 from stream_infer.events import Prediction, decode_prediction
+from stream_infer.pipeline import first_prediction_index
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.services
@@ -31,9 +32,9 @@ SUMMARY = re.compile(
     r"latency_ms p50=(\d+\.\d+) p99=(\d+\.\d+) symbols=(\d+) version=(\S+)$",
     re.M,
 )
-# Index of a stream's first prediction: 400 to warm up, then seq_len ready rows (0-based).
+# Index of a stream's first prediction (0-based, the readiness rule).
 SEQ_LEN = json.loads((REPO / "artifacts" / "ensemble-v1" / "manifest.json").read_text())["seq_len"]
-FIRST = 399 + SEQ_LEN - 1
+FIRST = first_prediction_index(SEQ_LEN)
 
 
 def demo_cmd(*args: str) -> list[str]:

@@ -75,7 +75,7 @@ def test_quick_demo_with_postgres_hot_reloads_mid_run(
     assert set(counts) == {a, b} and all(int(n) > 0 for n in counts.values())
 
     preds = read_predictions(out_dir / "predictions.jsonl")
-    # every candle from the (399 + seq_len)th on predicted once, by one version or the other
+    # every candle from the first_prediction_index(seq_len) on predicted once, by one version or the other
     check_every_candle_predicted_once(out, preds)
     assert sum(map(int, counts.values())) == len(preds) == int(m[2])
     # per symbol the switch happens once: version A up to some candle, B from the next on

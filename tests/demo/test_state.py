@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_infer.demo import DemoState, quantiles
+from stream_infer.features import WARMUP
 from tests.demo._util import candles, prediction
 
 SUMMARY = re.compile(
@@ -86,7 +87,7 @@ def test_caught_up_waits_for_the_last_predictable_candle_of_every_symbol() -> No
     state = _state()
     for c in BTC[:470]:
         state.sent(c, at=0.0, live=False)
-    for c in NEAR[:400]:  # cannot predict yet: not waited for
+    for c in NEAR[:WARMUP]:  # cannot predict yet: not waited for
         state.sent(c, at=0.0, live=False)
     assert not state.caught_up(462)
     state.predicted(prediction(BTC[468]), at=1.0)

@@ -90,7 +90,7 @@ def reference(
     s_in: np.ndarray,
     rows: list[int],
 ) -> dict[int, list[float]]:
-    """Feature vectors of the given rows (all >= 399) of one gap-free stream."""
+    """Feature vectors of the given rows (all >= WARMUP - 1) of one gap-free stream."""
     cl = [float(x) for x in c]
     T = len(cl)
     r = [math.nan] + [math.log(cl[t] / cl[t - 1]) for t in range(1, T)]

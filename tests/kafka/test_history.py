@@ -10,10 +10,11 @@ import pytest
 from stream_infer.candles import Candle
 from stream_infer.events import encode_candle
 from stream_infer.kafka import KafkaHistory, collect_history, make_producer
+from stream_infer.pipeline import ready_candles
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory, unique_name
 from tests.kafka._util import BTC, interleave, real_candles
 
-NEED = 463  # 400 to warm up + a 64-row window - 1
+NEED = ready_candles(64)  # to warm up, then a 64-row window
 
 
 def _records(candles: Sequence[Candle | bytes]) -> list[tuple[int, bytes | None]]:

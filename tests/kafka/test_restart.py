@@ -18,6 +18,7 @@ from stream_infer.candles import Candle
 from stream_infer.config import KafkaSettings
 from stream_infer.events import decode_prediction, encode_candle
 from stream_infer.kafka import make_producer
+from stream_infer.pipeline import first_prediction_index
 from tests.conftest import REPO
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
 from tests.kafka._util import (
@@ -145,7 +146,7 @@ async def test_sigkill_and_restart_loses_nothing_and_rebuilds_state(
     assert max(keys.values()) <= 2
     # The second run predicts from the first ready candle it reads, with the uninterrupted
     # run's numbers: its streams were rebuilt from the topic (a cold start would predict
-    # nothing for 400+ candles per stream).
+    # nothing before readiness).
     after = [p for p in got if p.produced_at > killed_ms]
     firsts: dict[str, Any] = {}
     for p in sorted(after, key=lambda p: p.open_time):
@@ -183,7 +184,7 @@ async def test_run_serves_the_ensemble_the_ml_environment_names(
     s = kafka_topics(partitions=1)
     feed = real_candles("NEARUSDT", 520, source=NEAR)
     ens = models.load_ensemble(ensemble_dir)
-    expected = len(feed) - (399 + ens.seq_len - 1)
+    expected = len(feed) - first_prediction_index(ens.seq_len)
     log = tmp_path / "service.log"
     env = {
         "ML_MAMBA_MODEL_PATH": str(ensemble_dir / "mamba.pt"),

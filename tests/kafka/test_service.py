@@ -24,7 +24,7 @@ from stream_infer.kafka import (
     make_producer,
     produce_events,
 )
-from stream_infer.pipeline import Pipeline
+from stream_infer.pipeline import Pipeline, first_prediction_index
 from tests.conftest import DATA
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
 from tests.kafka._util import (
@@ -119,7 +119,7 @@ async def test_end_to_end_one_prediction_per_ready_candle_equal_to_replay(
     kafka_broker: KafkaBroker, kafka_topics: TopicsFactory, ensemble: Any
 ) -> None:
     want = await _end_to_end(kafka_broker, kafka_topics(partitions=2), ensemble, feed3(600))
-    assert len(want) == 3 * (600 - (399 + ensemble.seq_len - 1))
+    assert len(want) == 3 * (600 - first_prediction_index(ensemble.seq_len))
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ from stream_infer.kafka import (
     make_producer,
     not_covered_reason,
 )
-from stream_infer.pipeline import HeldStream, Inbound, Pipeline
+from stream_infer.pipeline import HeldStream, Inbound, Pipeline, ready_candles
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
 from tests.kafka._util import (
     BTC,
@@ -54,7 +54,7 @@ from tests.kafka._util import (
 from tests.pipeline.fakes import FakeEnsemble, FakeResult, candle, fake_factory
 from tests.tcp_proxy import TcpProxy
 
-NEED = 463  # what the selection logic is asked for in the unit tests (400 + 64 - 1)
+NEED = ready_candles(64)  # what the selection logic is asked for in the unit tests
 MINUTE = 60_000
 
 StreamKey = tuple[str, str]
@@ -257,11 +257,11 @@ async def test_service_rebuilds_each_stream_before_its_own_first_record() -> Non
     store = FakeStore([*stream("AAA", 0, 600), *stream("BBB", 0, 600), *stream("CCC", 0, 600)])
     topic = FakeTopic(logs)
     service = Service(fake_pipeline(), KafkaSettings(), history=topic, stream_history=store)
-    assert service._lazy is not None
-    service._lazy.begin(0)
-    service._lazy.begin(1)
+    assert service.rebuilder.lazy is not None
+    service.rebuilder.lazy.begin(0)
+    service.rebuilder.lazy.begin(1)
     inbound = [*messages(logs[0], 0, starts[0]), *messages(logs[1], 1, starts[1])]
-    results = await service._process(inbound, {})
+    results = await service.processor.process(inbound, {})
     got = [p for r in results for p in r.predictions]
     want = uninterrupted(logs, starts)
     assert keyed(got) == keyed(want) and len(got) == len(want) == len(inbound)
@@ -286,16 +286,16 @@ async def test_service_a_stream_the_store_does_not_cover_comes_from_the_topic() 
     store = FakeStore([*stream("AAA", 0, 600), *stream("BBB", 0, 520)])
     topic = FakeTopic(logs)
     service = Service(fake_pipeline(), KafkaSettings(), history=topic, stream_history=store)
-    assert service._lazy is not None
-    service._lazy.begin(0)
-    results = await service._process(messages(logs[0], 0, starts[0]), {})
+    assert service.rebuilder.lazy is not None
+    service.rebuilder.lazy.begin(0)
+    results = await service.processor.process(messages(logs[0], 0, starts[0]), {})
     want = uninterrupted(logs, starts)
     assert keyed([p for r in results for p in r.predictions]) == keyed(want)
     assert topic.calls == [(0, 1101)]  # BBB's first record
     assert (service.stats.history_postgres_streams, service.stats.history_not_covered) == (1, 1)
     late = [candle(600 + i, "NEW") for i in range(8)]
     later = [Inbound(encode_candle(c), 0, 1200 + i, 0.0, "candles") for i, c in enumerate(late)]
-    results = await service._process(later, {})
+    results = await service.processor.process(later, {})
     assert topic.calls[-1] == (0, 1200) and service.stats.history_not_covered == 2
     # cold, like an uninterrupted run: predicts once warm (3 + 4 - 1 candles with the fakes)
     assert [p.open_time for r in results for p in r.predictions] == [c.open_time for c in late[5:]]
@@ -486,7 +486,7 @@ async def test_sigkill_and_restart_with_history_in_postgres_and_a_short_topic(
     tmp_path: Path,
 ) -> None:
     """``stream-infer run`` with HISTORY_SOURCE=postgres on a topic that holds only the last
-    150 candles of each stream (fewer than the 463 a stream needs: the topic alone could
+    150 candles of each stream (fewer than the ready_candles(64) a stream needs: the topic alone could
     not warm it). Its first predictions, and the first after a SIGKILL and restart, equal
     the uninterrupted offline run's over the whole history."""
     from tests.kafka.test_restart import committed, start_service

@@ -232,7 +232,7 @@ def test_warm_rebuilds_state_so_the_next_live_candle_is_predicted() -> None:
 def test_warm_in_consumption_order_reproduces_the_live_state() -> None:
     # A gap is filled synthetically; the real candle arrives late and live drops it.
     # Rebuilding from the same records in offset order must drop it too, so the next
-    # window is the live one (real features: 400 candles of warm-up).
+    # window is the live one (real features: WARMUP candles of warm-up).
     order = [*range(405), 406, 407, 405, *range(408, 420)]
     history, last = [candle(i) for i in order], candle(420)
     live_ens, rebuilt_ens = FakeEnsemble(seq_len=4), FakeEnsemble(seq_len=4)

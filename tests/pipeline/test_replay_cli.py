@@ -45,7 +45,7 @@ def test_replay_command_writes_predictions_and_dead_letters(
     assert result.exit_code == 0, result.output
     assert fake_models == [tmp_path / "m"]
     lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
-    # readiness: index 399 + 8 - 1 on; the bad candle (index 450) is a gap of one, filled
+    # readiness: index first_prediction_index(8) on; the bad candle (index 450) is a gap of one, filled
     near = [x for x in lines if x["symbol"] == "NEARUSDT"]
     assert len(near) == 500 - 406 - 1 and near[0]["open_time"] == int(df["open_time"].iloc[406])
     assert len([x for x in lines if x["symbol"] == "ABCUSDT"]) == 430 - 406

@@ -3,7 +3,7 @@ klines in tests/data/klines, pre-encoded, and a producer that sends them as fast
 broker acknowledges (optionally held back by a callback), recording where each landed.
 
 The real files have no gap (checked here), so a stream of ``n`` candles is predicted from
-its candle index ``399 + seq_len - 1`` on (docs/feature-spec.md, Readiness; ``Pipeline``):
+its candle index ``first_prediction_index(seq_len)`` on (docs/feature-spec.md, Readiness; ``Pipeline``):
 ``ready_keys`` lists those keys without running the features.
 """
 
@@ -21,6 +21,7 @@ import orjson
 
 from stream_infer.events import encode_candle
 from stream_infer.kafka import make_producer
+from stream_infer.pipeline import first_prediction_index
 from tests.conftest import DATA
 from tests.kafka._util import START_MS, real_candles
 
@@ -62,7 +63,7 @@ class Feed:
 
     def ready_keys(self, seq_len: int, upto: int | None = None) -> set[Key]:
         """The keys that get a prediction, of the first ``upto`` events (all by default)."""
-        first = 399 + seq_len - 1
+        first = first_prediction_index(seq_len)
         start = START_MS + first * MINUTE_MS
         return {k for _, _, k in self.events[:upto] if k[1] >= start}
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from stream_infer.pipeline import ready_candles
 from tests.fixtures_kafka import TopicsFactory
 from tests.kafka._util import Collector, offline
 from tests.reliability._harness import (
@@ -128,7 +129,7 @@ async def _flood(
                 )
                 # the first full polls are behind us: from here on, growth is the backlog's
                 if baseline is None and consumed >= 3 * s.kafka_max_poll_records + n_symbols * (
-                    399 + twin.seq_len
+                    ready_candles(twin.seq_len)
                 ):
                     baseline = svc.hwm_mb()
                     samples[-1]["baseline"] = baseline

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.services
 models = pytest.importorskip("stream_infer.models")
 
 SYMBOLS = (("NEARUSDT", NEAR, 0), ("BTCUSDT", BTC, 0), ("XYZUSDT", NEAR, 20_000))
-WARM = 470  # per symbol in the first burst: every stream predicts from its (399 + seq_len)th candle
+WARM = 470  # per symbol in the first burst: every stream predicts from candle ready_candles(seq_len) on
 
 
 def streams(n: int) -> list[list[Candle]]:

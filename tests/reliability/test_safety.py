@@ -136,8 +136,8 @@ async def test_kafka_security_settings_reach_every_client_and_never_print(
     await producer.stop()
     # the service's own clients are built from the same options
     service = Service(Pipeline(None), s)
-    history_client = service._history._client  # type: ignore[attr-defined]
-    for client in (service._client, history_client):
+    history_client = service.history.client  # type: ignore[attr-defined]
+    for client in (service.client, history_client):
         assert {k: v for k, v in client.items() if k != "ssl_context"} == {
             k: v for k, v in kw.items() if k != "ssl_context"
         }

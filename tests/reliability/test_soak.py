@@ -33,6 +33,7 @@ import pytest
 from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, migrate
 from stream_infer.events import decode_prediction
+from stream_infer.pipeline import ready_candles
 from tests.fixtures_kafka import TopicsFactory
 from tests.kafka._util import offline, topic_partitions
 from tests.reliability._harness import ServiceProc, metric, record
@@ -205,7 +206,7 @@ async def _soak(
     log = tmp_path / "service.log"
     produced = Produced()
     series: list[dict[str, Any]] = []
-    warm_at = max(total // 10, n_symbols * (seq_len + 399) + 2 * s.kafka_max_poll_records)
+    warm_at = max(total // 10, n_symbols * ready_candles(seq_len) + 2 * s.kafka_max_poll_records)
     warm: dict[str, Any] | None = None
     reload_s: list[float] = []
     svc = ServiceProc(s, log, env=env)
@@ -221,7 +222,7 @@ async def _soak(
         # row serving has predicted); until it has swapped, the producer stops halfway to
         # points[k + 1]: the service is at work during every reload, and every row serves
         # part of the stream.
-        warm_up = n_symbols * (399 + seq_len)
+        warm_up = n_symbols * ready_candles(seq_len)
         points = [warm_up + i * (total - warm_up) // (reloads + 1) for i in range(reloads + 2)]
         done = 0
 

@@ -120,11 +120,10 @@ async def test_release_drops_the_reference_in_a_worker_thread() -> None:
 async def test_manager_loads_in_turns_once_serving(tmp_path: Path) -> None:
     d = make_model_dir(tmp_path, "m")
     config = EnsembleConfig(enabled=True, source="default", lgbm_models_dir=str(d))
-    manager = ModelManager(config, loader=FakeLoader(), gate=BatchGate(quiet_s=0.0))
-    manager.started = False
+    manager = ModelManager(config, loader=FakeLoader(), gate=BatchGate(quiet_s=0.0), starting=True)
     await manager.load(config)  # at start: nothing serves, no turns
     assert manager.gate.steps == 0
-    manager.started = True
+    manager.finish_start()
     ens = await manager.load(config)
     # a plain loader is one step, then check() and the row's promises are another
     assert ens.model_dir == d and manager.gate.steps == 2

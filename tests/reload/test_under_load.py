@@ -28,12 +28,12 @@ kafka = pytest.importorskip("stream_infer.kafka")
 pytest.importorskip("stream_infer.models")
 
 from stream_infer.events import decode_prediction, encode_candle  # noqa: E402
-from stream_infer.pipeline import Pipeline  # noqa: E402
+from stream_infer.pipeline import Pipeline, first_prediction_index, ready_candles  # noqa: E402
 from tests.kafka._util import BTC, NEAR, interleave, read_topic, real_candles  # noqa: E402
 
 pytestmark = pytest.mark.services
 
-# Per symbol, sent at once: readiness is at candle index 399 + seq_len - 1, and 16 more.
+# Per symbol, sent at once: readiness is at candle index first_prediction_index(seq_len), and 16 more.
 EXTRA_WARM = 16
 LIVE = 250  # per symbol, sent at a steady rate across the activation
 RATE = 250.0  # candles per second, all symbols together
@@ -67,7 +67,7 @@ async def _switch_under_load(
     )
     assert manager.current is not None and manager.current.ensemble_id == str(old_row.id)
     seq_len = manager.current.seq_len
-    warm_n = 399 + seq_len + EXTRA_WARM
+    warm_n = ready_candles(seq_len) + EXTRA_WARM
 
     sink = PredictionSink(pg_db, batch_size=200)
     sink.start()
@@ -156,7 +156,7 @@ async def _switch_under_load(
                 )
             new_id, activated_ms = row.id, time.time() * 1000
             assert await asyncio.wait_for(gen.wait(), 90) == 0
-            expected = 2 * (warm_n + LIVE - (399 + seq_len - 1))
+            expected = 2 * (warm_n + LIVE - first_prediction_index(seq_len))
             records = await read_topic(
                 settings.kafka_bootstrap_servers,
                 settings.kafka_predictions_topic,
