@@ -20,7 +20,8 @@ from stream_infer.kafka import EmbeddedBroker, free_port, tansu_binary, wait_for
 from stream_infer.kafka._broker import _api_versions_ok
 from tests.conftest import REPO
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
-from tests.kafka._util import BTC, NEAR, read_topic
+from tests.kafka._util import BTC, NEAR
+from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.services
 

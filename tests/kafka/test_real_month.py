@@ -20,8 +20,9 @@ from stream_infer.kafka import Service, frame_candles
 from stream_infer.pipeline import Pipeline
 from tests.conftest import DATA
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
-from tests.kafka._util import Collector, assert_same_prediction, interleave, offline
+from tests.kafka._util import assert_same_prediction, interleave, offline
 from tests.kafka.test_service import ensemble, produce, running  # noqa: F401  (fixture)
+from tests.kafka_helpers import Collector
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
 

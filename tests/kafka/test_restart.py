@@ -21,16 +21,8 @@ from stream_infer.kafka import make_producer
 from stream_infer.pipeline import first_prediction_index
 from tests.conftest import REPO
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
-from tests.kafka._util import (
-    BTC,
-    NEAR,
-    Collector,
-    assert_same_prediction,
-    interleave,
-    offline,
-    produce_paced,
-    real_candles,
-)
+from tests.kafka._util import BTC, NEAR, assert_same_prediction, interleave, offline, real_candles
+from tests.kafka_helpers import Collector, committed_offsets, produce_paced
 
 pytestmark = pytest.mark.services
 
@@ -69,25 +61,6 @@ def start_service(
     )
 
 
-async def committed(s: KafkaSettings, partitions: int) -> dict[int, int]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap_servers,
-        group_id=s.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await c.start()
-    try:
-        out = {}
-        for p in range(partitions):
-            off = await c.committed(TopicPartition(s.kafka_candles_topic, p))
-            out[p] = off if off is not None else 0
-        return out
-    finally:
-        await c.stop()
-
-
 async def test_sigkill_and_restart_loses_nothing_and_rebuilds_state(
     kafka_broker: KafkaBroker,
     kafka_topics: TopicsFactory,
@@ -119,14 +92,14 @@ async def test_sigkill_and_restart_loses_nothing_and_rebuilds_state(
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             killed_ms = time.time_ns() // 1_000_000
-            at_kill = await committed(s, 2)
+            at_kill = await committed_offsets(s, 2)
             second = start_service(s, ensemble_dir, log)
             await producing
             await preds.wait_for(len(want), timeout=60)
             await preds.settle(1.0)
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0
-            final = await committed(s, 2)
+            final = await committed_offsets(s, 2)
     finally:
         for p in (first, second):
             if p is not None and p.poll() is None:

@@ -27,15 +27,8 @@ from stream_infer.kafka import (
 from stream_infer.pipeline import Pipeline, first_prediction_index
 from tests.conftest import DATA
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
-from tests.kafka._util import (
-    BTC,
-    NEAR,
-    Collector,
-    assert_same_prediction,
-    interleave,
-    offline,
-    real_candles,
-)
+from tests.kafka._util import BTC, NEAR, assert_same_prediction, interleave, offline, real_candles
+from tests.kafka_helpers import Collector
 
 pytestmark = pytest.mark.services
 
@@ -421,6 +414,6 @@ async def test_inference_disabled_still_validates_dead_letters_and_commits(
 
 
 async def read_topic_count(bootstrap: str, topic: str) -> int:
-    from tests.kafka._util import read_topic
+    from tests.kafka_helpers import read_topic
 
     return len(await read_topic(bootstrap, topic, idle_s=0.5))

@@ -41,16 +41,8 @@ from stream_infer.kafka import (
 )
 from stream_infer.pipeline import HeldStream, Inbound, Pipeline, ready_candles
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
-from tests.kafka._util import (
-    BTC,
-    NEAR,
-    Collector,
-    assert_same_prediction,
-    interleave,
-    offline,
-    produce_paced,
-    real_candles,
-)
+from tests.kafka._util import BTC, NEAR, assert_same_prediction, interleave, offline, real_candles
+from tests.kafka_helpers import Collector, produce_paced
 from tests.pipeline.fakes import FakeEnsemble, FakeResult, candle, fake_factory
 from tests.tcp_proxy import TcpProxy
 
@@ -489,7 +481,8 @@ async def test_sigkill_and_restart_with_history_in_postgres_and_a_short_topic(
     150 candles of each stream (fewer than the ready_candles(64) a stream needs: the topic alone could
     not warm it). Its first predictions, and the first after a SIGKILL and restart, equal
     the uninterrupted offline run's over the whole history."""
-    from tests.kafka.test_restart import committed, start_service
+    from tests.kafka.test_restart import start_service
+    from tests.kafka_helpers import committed_offsets
 
     s = kafka_topics(partitions=2)
     n, recent = 700, 150
@@ -531,7 +524,7 @@ async def test_sigkill_and_restart_with_history_in_postgres_and_a_short_topic(
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             killed_ms = time.time_ns() // 1_000_000
-            at_kill = await committed(s, 2)
+            at_kill = await committed_offsets(s, 2)
             second = start_service(s, ensemble_dir, log, extra_env=env)
             await producing
             await preds.wait_for(len(topic_keys), timeout=60)

@@ -16,20 +16,10 @@ from stream_infer.candles import read_klines
 from stream_infer.cli import app
 from stream_infer.features import WARMUP, batch_features
 from stream_infer.pipeline import Pipeline, replay_klines
-from tests.conftest import DATA, REPO
+from tests.conftest import DATA
 
 BTC = DATA / "klines" / "BTCUSDT-1m-2023-01-head.csv.gz"
 NEAR = DATA / "klines" / "NEARUSDT-1m-2023-02.csv.gz"
-SHIPPED = REPO / "artifacts" / "ensemble-v1"
-
-
-@pytest.fixture(scope="module")
-def ensemble_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if (SHIPPED / "manifest.json").is_file():
-        return SHIPPED
-    out = tmp_path_factory.mktemp("tiny-ensemble")
-    models.train_ensemble([BTC], out, models.TrainConfig.tiny(seq_len=16))
-    return out
 
 
 @pytest.fixture(scope="module")

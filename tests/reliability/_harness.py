@@ -33,7 +33,6 @@ from stream_infer.events import decode_prediction, encode_candle
 from stream_infer.kafka import (
     ApacheKafka,
     EmbeddedBroker,
-    create_topics,
     free_port,
     make_producer,
 )
@@ -91,36 +90,6 @@ def proxied_broker(kind: str = "embedded") -> Iterator[ProxiedBroker]:
             broker.stop()
 
 
-def topics_on(bootstrap: str, name: str, partitions: int = 1, **overrides: Any) -> KafkaSettings:
-    """Fresh topics and group named after ``name`` on ``bootstrap``."""
-    import uuid
-
-    base = f"r.{name}.{uuid.uuid4().hex[:8]}"
-    s = KafkaSettings(
-        kafka_bootstrap_servers=bootstrap,
-        kafka_candles_topic=f"{base}.candles",
-        kafka_predictions_topic=f"{base}.predictions",
-        kafka_dlq_topic=f"{base}.candles.dlq",
-        kafka_group_id=f"{base}.group",
-        **overrides,
-    )
-    topics = {s.kafka_candles_topic: partitions, s.kafka_predictions_topic: 1, s.kafka_dlq_topic: 1}
-    run_sync(create_topics(bootstrap, topics))
-    return s
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine from sync code, also inside a running loop (in a worker thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 # -- producing and reading ----------------------------------------------------------------
 
 
@@ -162,26 +131,6 @@ async def produce_candles(
         await drain()
     finally:
         await producer.stop()
-
-
-async def committed_offsets(s: KafkaSettings, partitions: int) -> dict[int, int]:
-    """The group's committed offset per partition of the candles topic (0 when none)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap_servers,
-        group_id=s.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await c.start()
-    try:
-        out = {}
-        for p in range(partitions):
-            off = await c.committed(TopicPartition(s.kafka_candles_topic, p))
-            out[p] = off if off is not None else 0
-        return out
-    finally:
-        await c.stop()
 
 
 # -- the invariants -----------------------------------------------------------------------

@@ -22,8 +22,8 @@ import pytest
 
 from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, activate_row, migrate
+from tests.kafka_helpers import run_sync
 from tests.pg_cluster import BIN, Cluster
-from tests.reliability._harness import run_sync
 from tests.tcp_proxy import TcpProxy
 
 

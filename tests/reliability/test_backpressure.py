@@ -38,14 +38,9 @@ import pytest
 
 from stream_infer.pipeline import ready_candles
 from tests.fixtures_kafka import TopicsFactory
-from tests.kafka._util import Collector, offline
-from tests.reliability._harness import (
-    ServiceProc,
-    check_delivery,
-    committed_offsets,
-    metric,
-    record,
-)
+from tests.kafka._util import offline
+from tests.kafka_helpers import Collector, committed_offsets
+from tests.reliability._harness import ServiceProc, check_delivery, metric, record
 from tests.reliability._load import Produced, make_feed, produce_feed
 
 pytestmark = pytest.mark.services

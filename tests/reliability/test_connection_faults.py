@@ -12,17 +12,16 @@ from typing import Any
 import pytest
 
 from stream_infer.candles import Candle
-from tests.kafka._util import BTC, NEAR, Collector, interleave, offline, real_candles
+from tests.kafka._util import BTC, NEAR, interleave, offline, real_candles
+from tests.kafka_helpers import Collector, committed_offsets, fresh_topics
 from tests.reliability._harness import (
     ProxiedBroker,
     ServiceProc,
     check_delivery,
-    committed_offsets,
     metric,
     metric_sum,
     produce_candles,
     record,
-    topics_on,
 )
 
 pytestmark = pytest.mark.services
@@ -47,7 +46,7 @@ async def test_broker_unreachable_at_start(
 ) -> None:
     """The service starts while the broker cannot be reached: it waits (alive, /readyz 503,
     the attempts counted), and once the broker answers it serves everything."""
-    s = topics_on(proxied.bootstrap, "unreachable", partitions=2, kafka_max_poll_records=100)
+    s = fresh_topics(proxied.bootstrap, "unreachable", partitions=2, kafka_max_poll_records=100)
     candles = feed(600)
     want, _ = offline(file_ensemble, [encode_candle(c) for c in candles])
     where: dict[Any, Any] = {}
@@ -105,7 +104,7 @@ async def test_connection_cut_for_10_s_mid_stream(
 ) -> None:
     """Every connection through the proxy is dropped and refused for 10 s while candles
     flow (the producer's too), then restored."""
-    s = topics_on(proxied.bootstrap, "cut", partitions=2, kafka_max_poll_records=50)
+    s = fresh_topics(proxied.bootstrap, "cut", partitions=2, kafka_max_poll_records=50)
     candles = feed(1000)
     warm = 3 * 480
     want, _ = offline(file_ensemble, [encode_candle(c) for c in candles])

@@ -200,7 +200,8 @@ async def test_a_fuzz_corpus_through_the_running_service(
     import asyncio
 
     from stream_infer.kafka import Service, make_producer
-    from tests.kafka._util import Collector, offline
+    from tests.kafka._util import offline
+    from tests.kafka_helpers import Collector
 
     s = kafka_topics(partitions=1, candles_max_bytes=8 << 20)  # the 1 MB ones reach the service
     junk = corpus(BASE, 120, seed=2)
@@ -280,7 +281,8 @@ async def test_a_valid_candle_the_features_cannot_take_neither_crashes_nor_wedge
 
     from stream_infer.events import decode_prediction, encode_candle
     from stream_infer.kafka import Service, make_producer, produce_events
-    from tests.kafka._util import Collector, offline, real_candles
+    from tests.kafka._util import offline, real_candles
+    from tests.kafka_helpers import Collector
 
     s = kafka_topics(partitions=1, kafka_max_poll_records=50)
     candles = real_candles("NEARUSDT", 620)

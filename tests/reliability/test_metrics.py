@@ -15,8 +15,9 @@ from stream_infer.events import decode_dead_letter
 from stream_infer.kafka import KafkaHistory, Service
 from stream_infer.ops import Metrics, OpsServer
 from stream_infer.pipeline import Pipeline
-from tests.kafka._util import Collector, offline
+from tests.kafka._util import offline
 from tests.kafka.test_service import feed3, poisoned
+from tests.kafka_helpers import Collector, fresh_topics
 from tests.reliability._harness import (
     ProxiedBroker,
     ServiceProc,
@@ -25,7 +26,6 @@ from tests.reliability._harness import (
     metric_sum,
     produce_candles,
     record,
-    topics_on,
 )
 
 pytestmark = pytest.mark.services
@@ -47,7 +47,7 @@ async def _produce(bootstrap: str, topic: str, events: list[tuple[bytes | None, 
 async def test_metrics_follow_what_was_produced_and_consumed(
     proxied: ProxiedBroker, ensemble_dir: Path, file_ensemble: Any, tmp_path: Path
 ) -> None:
-    s = topics_on(proxied.bootstrap, "metrics", partitions=2, kafka_max_poll_records=100)
+    s = fresh_topics(proxied.bootstrap, "metrics", partitions=2, kafka_max_poll_records=100)
     events = poisoned(feed3(600))
     want, counts = offline(file_ensemble, [v for _, v in events])
     svc = ServiceProc(s, tmp_path / "service.log", models=ensemble_dir)
@@ -160,7 +160,7 @@ async def _get(port: int, path: str) -> int:
 async def test_readyz_false_until_partitions_are_warm_and_a_model_is_loaded(
     proxied: ProxiedBroker, file_ensemble: Any
 ) -> None:
-    s = topics_on(proxied.bootstrap, "readyz", partitions=1)
+    s = fresh_topics(proxied.bootstrap, "readyz", partitions=1)
     feed = feed3(600)
     where: dict[Any, Any] = {}
     await produce_candles(proxied.bootstrap, s.kafka_candles_topic, feed[:1500], where)

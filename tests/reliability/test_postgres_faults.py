@@ -16,7 +16,8 @@ import pytest
 
 from stream_infer.events import encode_candle
 from tests.fixtures_kafka import TopicsFactory
-from tests.kafka._util import BTC, NEAR, Collector, interleave, offline, real_candles
+from tests.kafka._util import BTC, NEAR, interleave, offline, real_candles
+from tests.kafka_helpers import Collector
 from tests.reliability._harness import (
     ServiceProc,
     check_delivery,

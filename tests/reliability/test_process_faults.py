@@ -22,15 +22,9 @@ from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, migrate
 from stream_infer.events import decode_prediction, encode_candle
 from tests.fixtures_kafka import TopicsFactory
-from tests.kafka._util import BTC, NEAR, Collector, offline, real_candles
-from tests.reliability._harness import (
-    ServiceProc,
-    check_delivery,
-    committed_offsets,
-    metric,
-    produce_candles,
-    record,
-)
+from tests.kafka._util import BTC, NEAR, offline, real_candles
+from tests.kafka_helpers import Collector, committed_offsets
+from tests.reliability._harness import ServiceProc, check_delivery, metric, produce_candles, record
 from tests.reliability._pg import activate_dir
 
 pytestmark = pytest.mark.services

@@ -39,7 +39,8 @@ from stream_infer.events import (
 from stream_infer.kafka import Service, client_kwargs, make_producer
 from stream_infer.pipeline import Inbound, Pipeline
 from tests.fixtures_kafka import TopicsFactory
-from tests.kafka._util import Collector, assert_same_prediction, offline
+from tests.kafka._util import assert_same_prediction, offline
+from tests.kafka_helpers import Collector
 from tests.reliability._harness import (
     ServiceProc,
     check_delivery,

@@ -35,7 +35,8 @@ from stream_infer.db import Database, migrate
 from stream_infer.events import decode_prediction
 from stream_infer.pipeline import ready_candles
 from tests.fixtures_kafka import TopicsFactory
-from tests.kafka._util import offline, topic_partitions
+from tests.kafka._util import offline
+from tests.kafka_helpers import Collector
 from tests.reliability._harness import ServiceProc, metric, record
 from tests.reliability._load import Produced, make_feed, produce_feed
 from tests.reliability._pg import activate_dir
@@ -48,7 +49,7 @@ AHEAD = 20_000  # the producer waits while this many candles are not consumed ye
 WEIGHTS = {"a": 0.3, "b": 0.7}
 
 
-class PredictionReader:
+class PredictionReader(Collector):
     """Reads the predictions topic in the background and checks each prediction as it comes
     (1M pydantic objects would not fit a test's budget): counts per key and per ensemble,
     the combination rule against the weight of the row that made it, and keeps the full
@@ -57,8 +58,7 @@ class PredictionReader:
     def __init__(
         self, bootstrap: str, topic: str, weights: dict[str, float], sampled: set[str]
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
+        super().__init__(bootstrap, topic, max_poll_records=5000)
         self.weights = weights  # ensemble_id -> mamba weight, filled as rows are activated
         self.sampled = sampled
         self.copies: Counter[tuple[str, int]] = Counter()
@@ -67,19 +67,9 @@ class PredictionReader:
         self.kept: list[Any] = []
         self.worst_rule_error = 0.0
         self.count = 0
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
 
-    async def __aenter__(self) -> PredictionReader:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), 20)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    def keep(self, record: Any) -> None:
+        self._check(record.value)
 
     def _check(self, value: bytes) -> None:
         d = orjson.loads(value)
@@ -99,32 +89,6 @@ class PredictionReader:
         if d["symbol"] in self.sampled:
             self.kept.append(decode_prediction(value))
         self.count += 1
-
-    async def _run(self) -> None:
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=5,
-            max_poll_records=5000,
-        )
-        await consumer.start()
-        try:
-            tps = await topic_partitions(consumer, self.topic)
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, 0)
-            self._ready.set()
-            while True:
-                batch = await consumer.getmany(timeout_ms=100)
-                for msgs in batch.values():
-                    for r in msgs:
-                        self._check(r.value)
-        finally:
-            await consumer.stop()
 
 
 async def _until(cond: Callable[[], bool], timeout: float, what: str) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from tests.kafka._util import topic_partitions
+from tests.kafka_helpers import topic_partitions
 
 
 async def _consume(

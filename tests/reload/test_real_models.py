@@ -1,5 +1,5 @@
 """Hot reload and ``stream-infer activate`` with the real loader and real artifacts
-(``real_ensemble_dir``, tests/reload/conftest.py). Broken versions are copies of it with
+(``ensemble_dir``, tests/reload/conftest.py). Broken versions are copies of it with
 one thing broken each."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-def source(real_ensemble_dir: Path) -> Path:
-    return real_ensemble_dir
+def source(ensemble_dir: Path) -> Path:
+    return ensemble_dir
 
 
 def _rehash(d: Path, name: str) -> None:

@@ -29,7 +29,8 @@ pytest.importorskip("stream_infer.models")
 
 from stream_infer.events import decode_prediction, encode_candle  # noqa: E402
 from stream_infer.pipeline import Pipeline, first_prediction_index, ready_candles  # noqa: E402
-from tests.kafka._util import BTC, NEAR, interleave, read_topic, real_candles  # noqa: E402
+from tests.kafka._util import BTC, NEAR, interleave, real_candles  # noqa: E402
+from tests.kafka_helpers import read_topic  # noqa: E402
 
 pytestmark = pytest.mark.services
 
@@ -50,13 +51,13 @@ async def _wait_for(cond: Any, timeout: float, what: str) -> None:
 
 
 async def _switch_under_load(
-    pg_db: Database, kafka_topics: Any, real_ensemble_dir: Path, tmp_path: Path
+    pg_db: Database, kafka_topics: Any, ensemble_dir: Path, tmp_path: Path
 ) -> float:
     """The scenario and its checks; returns the live candles' end-to-end p99 (ms)."""
     settings = kafka_topics(partitions=2)
     root = tmp_path / "models"
     for name in ("old", "new"):
-        shutil.copytree(real_ensemble_dir, root / name, ignore=shutil.ignore_patterns(".cache"))
+        shutil.copytree(ensemble_dir, root / name, ignore=shutil.ignore_patterns(".cache"))
     old_row = await activate(pg_db, root / "old", version="old", models_root=root)
     # What `stream-infer activate` does before its row, in the operator's own process: the
     # check-load, and the frozen Mamba cached beside the artifacts (see activate_midway).
@@ -221,7 +222,7 @@ async def _switch_under_load(
 
 
 async def test_switch_under_load(
-    pg_db: Database, kafka_topics: Any, real_ensemble_dir: Path, tmp_path: Path
+    pg_db: Database, kafka_topics: Any, ensemble_dir: Path, tmp_path: Path
 ) -> None:
     """Exactly one prediction per candle across the swap, visible within 1 s, sink equal, and
     the live candles' end-to-end p99 within the service's bound (25 ms).
@@ -230,5 +231,5 @@ async def test_switch_under_load(
     runs, 14.8-20.7 ms in 5 runs beside a process spinning on one core (docs/postgres.md,
     "Under load").
     """
-    p99 = await _switch_under_load(pg_db, kafka_topics, real_ensemble_dir, tmp_path)
+    p99 = await _switch_under_load(pg_db, kafka_topics, ensemble_dir, tmp_path)
     assert p99 <= P99_BOUND_MS
