@@ -207,7 +207,7 @@ async def test_a_fuzz_corpus_through_the_running_service(
     junk = corpus(BASE, 120, seed=2)
     live = list(real_values()) + [
         v for v in (real_values_more())
-    ]  # 410 warm + 30 + 90 more: predictions from the (399 + seq_len)th
+    ]  # 410 warm + 30 + 90 more: predictions from candle ready_candles(seq_len) on
     values: list[bytes] = []
     for i, v in enumerate(live):
         if i % 4 == 0 and i // 4 < len(junk):
