@@ -201,9 +201,8 @@ def _service_child(
     import signal
 
     from stream_infer.config import KafkaSettings
-    from stream_infer.kafka import Service
+    from stream_infer.kafka import build_service
     from stream_infer.models import load_ensemble, tune_malloc
-    from stream_infer.pipeline import Pipeline
 
     tune_malloc()  # as `stream-infer run` does when models serve
     with contextlib.suppress(ImportError):
@@ -214,7 +213,7 @@ def _service_child(
     kafka = KafkaSettings(**settings)
 
     async def main() -> None:
-        service = Service(Pipeline(ensemble, max_bytes=kafka.kafka_max_message_bytes), kafka)
+        service = build_service(kafka, ensemble)
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, service.request_stop)
         task = asyncio.create_task(service.run())
         await service.wait_assigned(60)

@@ -97,9 +97,8 @@ def _service_main(
 ) -> None:
     import signal
 
-    from stream_infer.kafka import Service
+    from stream_infer.kafka import build_service
     from stream_infer.models import load_ensemble, tune_malloc
-    from stream_infer.pipeline import Pipeline
 
     tune_malloc()  # as `stream-infer run` does
 
@@ -117,7 +116,7 @@ def _service_main(
     gc.freeze()  # as `stream-infer run` does
 
     async def main() -> None:
-        service = Service(Pipeline(ensemble), KafkaSettings(**settings))
+        service = build_service(KafkaSettings(**settings), ensemble)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, service.request_stop)
         task = asyncio.create_task(service.run())

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _baseline import pandas_features  # noqa: E402
 
 from stream_infer.candles import Candle, check_candle, read_klines  # noqa: E402
 from stream_infer.features import (  # noqa: E402
@@ -35,74 +37,6 @@ from stream_infer.features import (  # noqa: E402
 )
 
 DEFAULT_FILE = REPO / "tests" / "data" / "klines" / "NEARUSDT-1m-2023-02.csv.gz"
-
-
-def _z(x: pd.Series, n: int) -> pd.Series:
-    mean = x.rolling(n).mean()
-    sd = x.rolling(n).std()
-    return ((x - mean) / sd).where(sd > 1e-10 * np.maximum(1.0, mean.abs()), 0.0)
-
-
-def naive_pandas_features(df: pd.DataFrame, rows: int = 1) -> np.ndarray:
-    """The 27 features of the last ``rows`` candles of ``df`` with pandas rolling/ewm (naive
-    service): shape (27,) for one row, (rows, 27) otherwise."""
-    o, h, lo, c = df["open"], df["high"], df["low"], df["close"]
-    v, q, n, tb = df["volume"], df["quote_volume"], df["trades"].astype(float), df["taker_buy_base"]
-    c1 = c.shift(1)
-    r = np.log(c / c1)
-    d = c.diff()
-    g = d.clip(lower=0).iloc[1:].ewm(alpha=1 / 14, adjust=False).mean()
-    los = (-d).clip(lower=0).iloc[1:].ewm(alpha=1 / 14, adjust=False).mean()
-    e12 = c.ewm(alpha=2 / 13, adjust=False).mean()
-    e26 = c.ewm(alpha=2 / 27, adjust=False).mean()
-    m = e12 - e26
-    sig = m.ewm(alpha=0.2, adjust=False).mean()
-    tr = pd.concat([h - lo, (h - c1).abs(), (lo - c1).abs()], axis=1).max(axis=1)
-    atr = tr.iloc[1:].ewm(alpha=1 / 14, adjust=False).mean()
-    tbr = (tb / v).where(v > 0, 0.5)
-    r0, r1 = np.log(h.shift(1) / lo.shift(1)), np.log(h / lo)
-    beta = r0**2 + r1**2
-    gamma = np.log(np.maximum(h.shift(1), h) / np.minimum(lo.shift(1), lo)) ** 2
-    k = 3 - 2 * np.sqrt(2)
-    alpha = (np.sqrt(2 * beta) - np.sqrt(beta)) / k - np.sqrt(gamma / k)
-    s = (2 * (np.exp(alpha) - 1) / (1 + np.exp(alpha))).clip(lower=0) * 1e4
-    s = df["spread_bps"].where(df["spread_bps"].notna(), s).fillna(0.0)
-    a = np.log1p(q / np.maximum(n, 1))
-    sv = v.rolling(15).sum()
-    den = d.abs().rolling(10).sum()
-    mv = v.rolling(15).mean()
-    cols = [
-        r,
-        np.log(c / c.shift(5)),
-        np.log(c / c.shift(15)),
-        np.log(c / c.shift(60)),
-        r.rolling(15).std(),
-        r.rolling(60).std(),
-        np.log(h / lo),
-        ((c - lo) / (h - lo)).where(h != lo, 0.5),
-        np.log(c / o),
-        np.log(h / np.maximum(o, c)),
-        np.log(np.minimum(o, c) / lo),
-        (g / (g + los)).where(g + los != 0, 0.5),
-        np.log(c / e12),
-        np.log(c / e26),
-        (m - sig) / c,
-        _z(c, 20),
-        atr / c,
-        _z(np.log1p(v), 60),
-        (v / mv).where(mv != 0, 1.0),
-        tbr,
-        (2 * tbr - 1).rolling(15).mean(),
-        s,
-        _z(s, 60),
-        _z(np.log1p(n), 60),
-        a - a.rolling(60).mean(),
-        np.log(c / (q.rolling(15).sum() / sv)).where(sv != 0, 0.0),
-        ((c - c.shift(10)).abs() / den).where(den != 0, 0.0),
-    ]
-    if rows == 1:
-        return np.array([float(x.iloc[-1]) for x in cols])
-    return np.column_stack([np.asarray(x.iloc[-rows:], dtype=np.float64) for x in cols])
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -156,7 +90,7 @@ def run(
         batch_us.append((ns() - t0) / 1e3)
         t0 = ns()
         window = candles.iloc[i - tail + 1 : i + 1]
-        p = naive_pandas_features(window)
+        p = pandas_features(window)
         pandas_us.append((ns() - t0) / 1e3)
         want = rows[i]
         assert want is not None

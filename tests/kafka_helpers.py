@@ -1,5 +1,5 @@
-"""Kafka helpers shared by the tests: fresh topics, reading a topic from the start, committed
-offsets, paced producing, and running a coroutine from sync code.
+"""Kafka helpers shared by the tests: fresh topics, reading a topic from the start, committing
+and reading a group's offsets, paced producing, and running a coroutine from sync code.
 
 Fixtures that start the brokers live in ``tests/fixtures_kafka.py``; these are the plain
 functions and classes the Kafka, reliability and reload tests call.
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from stream_infer.candles import Candle
@@ -19,6 +19,7 @@ from stream_infer.config import KafkaSettings
 
 __all__ = [
     "Collector",
+    "commit",
     "committed_offsets",
     "fresh_topics",
     "produce_paced",
@@ -208,6 +209,24 @@ async def committed_offsets(s: KafkaSettings, partitions: int) -> dict[int, int]
             off = await c.committed(TopicPartition(s.kafka_candles_topic, p))
             out[p] = off if off is not None else 0
         return out
+    finally:
+        await c.stop()
+
+
+async def commit(s: KafkaSettings, offsets: Mapping[int, int]) -> None:
+    """Commit for the group without joining it, as a member that stopped there would have."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka_bootstrap_servers,
+        group_id=s.kafka_group_id,
+        enable_auto_commit=False,
+    )
+    await c.start()
+    try:
+        tps = {TopicPartition(s.kafka_candles_topic, p): o for p, o in offsets.items()}
+        c.assign(list(tps))
+        await c.commit(tps)
     finally:
         await c.stop()
 

@@ -17,7 +17,13 @@ from stream_infer.kafka._committer import Committer
 from stream_infer.kafka._factory import HotReload, ServiceOptions, build_service
 from stream_infer.kafka._health import BrokerHealth
 from stream_infer.kafka._history import HistoryResult, HistorySource, KafkaHistory, collect_history
-from stream_infer.kafka._observer import BatchClock, Observer, PrometheusObserver, observer_for
+from stream_infer.kafka._observer import (
+    BatchClock,
+    BatchDone,
+    Observer,
+    PrometheusObserver,
+    observer_for,
+)
 from stream_infer.kafka._processor import BatchProcessor
 from stream_infer.kafka._produce import (
     frame_candles,
@@ -42,6 +48,7 @@ __all__ = [
     "KAFKA_VERSION",
     "ApacheKafka",
     "BatchClock",
+    "BatchDone",
     "BatchProcessor",
     "BrokerHealth",
     "Committer",

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from stream_infer.kafka._stream_history import Resolved
     from stream_infer.ops import Metrics
 
-__all__ = ["BatchClock", "Observer", "PrometheusObserver", "observer_for"]
+__all__ = ["BatchClock", "BatchDone", "Observer", "PrometheusObserver", "observer_for"]
 
 # The broker operations counted under ``stream_infer_broker_errors{op=...}``.
 BrokerOp = str
@@ -38,6 +38,17 @@ class BatchClock:
     processed: float  # the pipeline returned
     acked: float  # every send acknowledged
     committed: float  # the commit returned
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """One batch published and committed, as the observer sees it."""
+
+    results: Sequence[BatchResult]
+    clock: BatchClock
+    records: Mapping[TopicPartition, Sequence[Any]]  # what the fetch returned
+    streams: Callable[[], int]  # how many streams are held now
+    behind: Callable[[TopicPartition], int | None]  # records left in a partition
 
 
 class Observer:
@@ -107,17 +118,9 @@ class Observer:
     def ensemble(self, ens: EnsembleLike | None) -> None:
         """This ensemble serves now (None: inference disabled)."""
 
-    def batch(
-        self,
-        results: Sequence[BatchResult],
-        clock: BatchClock,
-        records: Mapping[TopicPartition, Sequence[Any]],
-        *,
-        streams: Callable[[], int],
-        behind: Callable[[TopicPartition], int | None],
-    ) -> None:
-        """One batch published and committed. ``records``: what the fetch returned;
-        ``streams``: how many streams are held; ``behind``: records left in a partition."""
+    def batch(self, done: BatchDone) -> None:
+        """One batch published and committed."""
+        results, clock = done.results, done.clock
         st = self.stats
         st.process_ms.add((clock.processed - clock.started) * 1000.0)
         st.publish_ms.add((clock.acked - clock.processed) * 1000.0)
@@ -208,16 +211,9 @@ class PrometheusObserver(Observer):
             None if ens is None else str(ens.version),
         )
 
-    def batch(
-        self,
-        results: Sequence[BatchResult],
-        clock: BatchClock,
-        records: Mapping[TopicPartition, Sequence[Any]],
-        *,
-        streams: Callable[[], int],
-        behind: Callable[[TopicPartition], int | None],
-    ) -> None:
-        super().batch(results, clock, records, streams=streams, behind=behind)
+    def batch(self, done: BatchDone) -> None:
+        super().batch(done)
+        results, clock = done.results, done.clock
         m = self.metrics
         stage = m.stage_latency
         n_pred = 0
@@ -240,13 +236,13 @@ class PrometheusObserver(Observer):
         e2e = stage.labels("end_to_end")
         for _ in range(n_pred):
             e2e.observe(clock.acked - clock.received)
-        m.streams.set(streams())
+        m.streams.set(done.streams())
         now_ms = _wall_ms()
-        for tp, msgs in records.items():
+        for tp, msgs in done.records.items():
             part = str(tp.partition)
             if msgs and msgs[-1].timestamp is not None:
                 m.lag_seconds.labels(part).set(max(0.0, (now_ms - msgs[-1].timestamp) / 1000.0))
-            left = behind(tp)
+            left = done.behind(tp)
             if left is not None:
                 # On the embedded broker the high watermark counts batches (docs/service.md):
                 # there this undercounts; lag_seconds does not depend on it.

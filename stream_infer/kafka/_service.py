@@ -1,23 +1,14 @@
 """The service loop: consumer group -> ``Pipeline.process`` -> producer -> commit (at-least-once).
 
-One batch at a time, under a lock the rebalance listener also takes:
-
-1. ``getmany`` on the candles topic (a consumer group, no auto-commit).
-2. ``Pipeline.process`` (pure, synchronous) on the records of partitions whose state is warm
-   (``BatchProcessor``).
-3. Send predictions (key = symbol) and dead letters (key = the original key) and wait
-   until the broker acknowledges every one (``Publisher``: ``acks=all``; retried until
-   ``send_timeout_s``).
-4. Commit ``offset + 1`` per partition of what was processed (``Committer``).
-
-So an input offset is committed only after everything it produced is acknowledged
-(DESIGN.md, Delivery and state); a crash replays at most the uncommitted batch.
-On assignment each new partition's streams are rebuilt from history before its first
-record is processed (``Rebuilder``): from the topic (``_history.py``), or with
-``stream_history`` (Postgres ``candles``) stream by stream before each stream's first
-record (``_stream_history.py``). Which partitions are ours, warm and where they resume is
-the ``PartitionBook``'s; whether the broker answers is ``BrokerHealth``'s; every count goes
-through one ``Observer``. See docs/service.md.
+One batch at a time, under a lock the rebalance listener also takes: ``getmany``; the
+records of warm partitions through the pipeline (``BatchProcessor``); every prediction and
+dead letter sent and acknowledged (``Publisher``); then ``offset + 1`` committed per
+partition (``Committer``). So an input offset is committed only after everything it
+produced is acknowledged (DESIGN.md, Delivery and state); a crash replays at most the
+uncommitted batch. A newly assigned partition's streams are rebuilt from history before
+its first record (``Rebuilder``). ``PartitionBook``: which partitions are ours, warm, and
+where they resume; ``BrokerHealth``: whether Kafka answers; ``Observer``: every count.
+See docs/service.md ("The parts").
 """
 
 from __future__ import annotations
@@ -42,7 +33,7 @@ from stream_infer.kafka._clients import (
 from stream_infer.kafka._committer import Committer
 from stream_infer.kafka._health import BrokerHealth
 from stream_infer.kafka._history import HistorySource, KafkaHistory
-from stream_infer.kafka._observer import BatchClock, Observer, observer_for
+from stream_infer.kafka._observer import BatchClock, BatchDone, Observer, observer_for
 from stream_infer.kafka._processor import BatchProcessor, first_offsets
 from stream_infer.kafka._publisher import Publisher
 from stream_infer.kafka._rebuild import Rebuilder
@@ -87,9 +78,8 @@ class Service:
     ``history`` only the streams it does not cover; when it cannot be reached at an
     assignment, that assignment uses ``history`` alone.
 
-    The parts, each usable on its own: ``book`` (``PartitionBook``), ``health``
-    (``BrokerHealth``), ``publisher``, ``committer``, ``rebuilder``, ``processor`` and
-    ``observer``; the service wires them and runs the loop.
+    Its parts are attributes: ``book``, ``health``, ``publisher``, ``committer``,
+    ``rebuilder``, ``processor``, ``observer``.
     """
 
     def __init__(
@@ -367,11 +357,7 @@ class Service:
             await self.committer.commit(self.settings.kafka_candles_topic, offsets)
             clock = BatchClock(received, t0, t1, acked, self._clock())
             self.observer.batch(
-                results,
-                clock,
-                records,
-                streams=lambda: self.pipeline.streams,
-                behind=self._behind,
+                BatchDone(results, clock, records, lambda: self.pipeline.streams, self._behind)
             )
             if self._on_batch is not None:
                 for r in results:

@@ -7,7 +7,14 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from stream_infer.events import encode_candle
-from stream_infer.kafka import BatchClock, Observer, PrometheusObserver, Resolved, observer_for
+from stream_infer.kafka import (
+    BatchClock,
+    BatchDone,
+    Observer,
+    PrometheusObserver,
+    Resolved,
+    observer_for,
+)
 from stream_infer.ops import Metrics
 from stream_infer.pipeline import Inbound, Pipeline, first_prediction_index
 from tests.pipeline.fakes import FakeEnsemble, candle, fake_factory
@@ -87,7 +94,7 @@ def test_a_batch_into_stats_and_metrics() -> None:
     obs = PrometheusObserver(None, metrics)
     tp = TopicPartition("candles", 0)
     clock = BatchClock(received=1.0, started=1.5, processed=2.0, acked=3.0, committed=3.5)
-    obs.batch([result], clock, {tp: [Record(None)]}, streams=lambda: 1, behind=lambda _: 5)
+    obs.batch(BatchDone([result], clock, {tp: [Record(None)]}, lambda: 1, lambda _: 5))
     st = obs.stats
     n = 8 - first_prediction_index(2, warmup=3)
     assert (st.messages, st.candles, st.predictions, st.dead_letters, st.batches) == (9, 8, n, 1, 1)
@@ -98,5 +105,5 @@ def test_a_batch_into_stats_and_metrics() -> None:
     assert value(metrics.streams) == 1 and value(metrics.lag, "0") == 5
     # without Prometheus: the same Stats
     plain = Observer()
-    plain.batch([result], clock, {tp: []}, streams=lambda: 1, behind=lambda _: 5)
+    plain.batch(BatchDone([result], clock, {tp: []}, lambda: 1, lambda _: 5))
     assert plain.stats.as_dict() == st.as_dict()

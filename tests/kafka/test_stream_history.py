@@ -42,7 +42,7 @@ from stream_infer.kafka import (
 from stream_infer.pipeline import HeldStream, Inbound, Pipeline, ready_candles
 from tests.fixtures_kafka import KafkaBroker, TopicsFactory
 from tests.kafka._util import BTC, NEAR, assert_same_prediction, interleave, offline, real_candles
-from tests.kafka_helpers import Collector, produce_paced
+from tests.kafka_helpers import Collector, commit, produce_paced
 from tests.pipeline.fakes import FakeEnsemble, FakeResult, candle, fake_factory
 from tests.tcp_proxy import TcpProxy
 
@@ -320,24 +320,6 @@ async def produce_all(bootstrap: str, topic: str, feed: Sequence[Candle]) -> lis
         return [await f for f in futs]
     finally:
         await producer.stop()
-
-
-async def commit(s: KafkaSettings, offsets: Mapping[int, int]) -> None:
-    """Commit for the group without joining it, as a member that stopped there would have."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap_servers,
-        group_id=s.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await c.start()
-    try:
-        tps = {TopicPartition(s.kafka_candles_topic, p): o for p, o in offsets.items()}
-        c.assign(list(tps))
-        await c.commit(tps)
-    finally:
-        await c.stop()
 
 
 @contextlib.asynccontextmanager
