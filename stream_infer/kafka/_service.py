@@ -4,7 +4,7 @@ One batch at a time, under a lock the rebalance listener also takes: ``getmany``
 records of warm partitions through the pipeline (``BatchProcessor``); every prediction and
 dead letter sent and acknowledged (``Publisher``); then ``offset + 1`` committed per
 partition (``Committer``). So an input offset is committed only after everything it
-produced is acknowledged (DESIGN.md, Delivery and state); a crash replays at most the
+produced is acknowledged (docs/design.md, Delivery and state); a crash replays at most the
 uncommitted batch. A newly assigned partition's streams are rebuilt from history before
 its first record (``Rebuilder``). ``PartitionBook``: which partitions are ours, warm, and
 where they resume; ``BrokerHealth``: whether Kafka answers; ``Observer``: every count.

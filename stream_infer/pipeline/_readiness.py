@@ -1,6 +1,6 @@
 """Readiness, the one rule: when a stream first predicts, and how much history that takes.
 
-FEATURES.md, Readiness: a stream's features are ready from its ``WARMUP``-th candle (index
+docs/feature-spec.md, Readiness: a stream's features are ready from its ``WARMUP``-th candle (index
 ``WARMUP - 1``); a model with a window of ``seq_len`` rows then needs ``seq_len`` ready rows,
 so a stream first predicts at candle index ``WARMUP - 1 + seq_len - 1`` (gap-filled candles
 count). Everything else (the service's history reads, the demo's first send, benchmarks,
