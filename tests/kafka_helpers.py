@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Self
 
 from stream_infer.candles import Candle
@@ -193,9 +193,10 @@ class Collector:
         return self.records
 
 
-async def committed_offsets(s: KafkaSettings, partitions: int) -> dict[int, int]:
-    """The group's committed offset per partition of the candles topic (0 when none)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+@contextlib.asynccontextmanager
+async def _group_member(s: KafkaSettings) -> AsyncIterator[Any]:
+    """A started consumer of ``s``'s group that never joins it (offsets only)."""
+    from aiokafka import AIOKafkaConsumer
 
     c = AIOKafkaConsumer(
         bootstrap_servers=s.kafka_bootstrap_servers,
@@ -204,31 +205,31 @@ async def committed_offsets(s: KafkaSettings, partitions: int) -> dict[int, int]
     )
     await c.start()
     try:
+        yield c
+    finally:
+        await c.stop()
+
+
+async def committed_offsets(s: KafkaSettings, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition of the candles topic (0 when none)."""
+    from aiokafka import TopicPartition
+
+    async with _group_member(s) as c:
         out = {}
         for p in range(partitions):
             off = await c.committed(TopicPartition(s.kafka_candles_topic, p))
             out[p] = off if off is not None else 0
         return out
-    finally:
-        await c.stop()
 
 
 async def commit(s: KafkaSettings, offsets: Mapping[int, int]) -> None:
     """Commit for the group without joining it, as a member that stopped there would have."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    c = AIOKafkaConsumer(
-        bootstrap_servers=s.kafka_bootstrap_servers,
-        group_id=s.kafka_group_id,
-        enable_auto_commit=False,
-    )
-    await c.start()
-    try:
+    async with _group_member(s) as c:
         tps = {TopicPartition(s.kafka_candles_topic, p): o for p, o in offsets.items()}
         c.assign(list(tps))
         await c.commit(tps)
-    finally:
-        await c.stop()
 
 
 async def produce_paced(
