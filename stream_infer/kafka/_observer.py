@@ -8,7 +8,8 @@ no part of the service asks whether metrics are configured.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,9 @@ class BatchDone:
     records: Mapping[TopicPartition, Sequence[Any]]  # what the fetch returned
     streams: Callable[[], int]  # how many streams are held now
     behind: Callable[[TopicPartition], int | None]  # records left in a partition
+    # Partitions of ours with nothing in this batch that are caught up: partition -> when
+    # they were last polled (epoch s). Others kept the polls busy, so no idle probe ran.
+    idle_positions: Callable[[], Mapping[int, float]] = dict
 
 
 class Observer:
@@ -110,8 +114,16 @@ class Observer:
         st.history_candles += out.candles
         st.history_seconds += out.seconds
 
-    def caught_up(self, ends: Mapping[TopicPartition, int], book: PartitionBook) -> None:
-        """An idle probe answered with these end offsets."""
+    def caught_up(
+        self,
+        ends: Mapping[TopicPartition, int],
+        book: PartitionBook,
+        paused: Collection[TopicPartition] = (),
+    ) -> None:
+        """An idle probe answered with these end offsets (``paused``: partitions held)."""
+
+    def assigned(self, partitions: Collection[int]) -> None:
+        """A settled assignment: these partitions are ours now."""
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -141,6 +153,7 @@ class PrometheusObserver(Observer):
     def __init__(self, stats: Stats | None, metrics: Metrics) -> None:
         super().__init__(stats)
         self.metrics = metrics
+        self._partitions: set[int] = set()  # partitions with per-partition series
 
     def connect_failed(self) -> None:
         super().connect_failed()
@@ -195,8 +208,14 @@ class PrometheusObserver(Observer):
             if n:
                 self.metrics.history_streams.labels(source).inc(n)
 
-    def caught_up(self, ends: Mapping[TopicPartition, int], book: PartitionBook) -> None:
+    def caught_up(
+        self,
+        ends: Mapping[TopicPartition, int],
+        book: PartitionBook,
+        paused: Collection[TopicPartition] = (),
+    ) -> None:
         m = self.metrics
+        now_s = time.time()
         for tp, end in ends.items():
             part = str(tp.partition)
             done = book.next_offset(tp)
@@ -204,6 +223,16 @@ class PrometheusObserver(Observer):
                 m.lag.labels(part).set(max(0, end - done))
             if book.is_warm(tp):  # nothing fetched and the broker answers: caught up
                 m.lag_seconds.labels(part).set(0)
+                # ... unless held (paused) or behind the end: then the position stays
+                # where it is and its age grows.
+                if tp not in paused and done is not None and end <= done:
+                    m.set_position(tp.partition, now_s)
+
+    def assigned(self, partitions: Collection[int]) -> None:
+        # Series of partitions now owned by another member would stay beside its own.
+        owned = set(partitions)
+        self.metrics.forget_partitions(self._partitions - owned)
+        self._partitions = owned
 
     def ensemble(self, ens: EnsembleLike | None) -> None:
         self.metrics.set_ensemble(
@@ -242,11 +271,14 @@ class PrometheusObserver(Observer):
             part = str(tp.partition)
             if msgs and msgs[-1].timestamp is not None:
                 m.lag_seconds.labels(part).set(max(0.0, (now_ms - msgs[-1].timestamp) / 1000.0))
+                m.set_position(tp.partition, msgs[-1].timestamp / 1000.0)
             left = done.behind(tp)
             if left is not None:
                 # On the embedded broker the high watermark counts batches (docs/service.md):
                 # there this undercounts; lag_seconds does not depend on it.
                 m.lag.labels(part).set(left)
+        for partition, polled_s in done.idle_positions().items():
+            m.set_position(partition, polled_s)
 
 
 def observer_for(stats: Stats | None = None, metrics: Metrics | None = None) -> Observer:

@@ -39,7 +39,7 @@ from stream_infer.kafka._publisher import Publisher
 from stream_infer.kafka._rebuild import Rebuilder
 from stream_infer.kafka._stats import Stats
 from stream_infer.kafka._stream_history import LazyHistory, StreamHistorySource
-from stream_infer.pipeline import BatchResult, EnsembleLike, Pipeline
+from stream_infer.pipeline import BatchResult, EnsembleLike, Pipeline, wall_ms
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -289,7 +289,7 @@ class Service:
         else:
             ends = await self.health.probe(consumer)
             if ends is not None:
-                self.observer.caught_up(ends, self.book)
+                self.observer.caught_up(ends, self.book, consumer.paused())
 
     def _hold_or_resume(self, consumer: AIOKafkaConsumer) -> None:
         """Pause every assigned partition while ``holding`` (polling goes on, so the member
@@ -357,7 +357,14 @@ class Service:
             await self.committer.commit(self.settings.kafka_candles_topic, offsets)
             clock = BatchClock(received, t0, t1, acked, self._clock())
             self.observer.batch(
-                BatchDone(results, clock, records, lambda: self.pipeline.streams, self._behind)
+                BatchDone(
+                    results,
+                    clock,
+                    records,
+                    lambda: self.pipeline.streams,
+                    self._behind,
+                    lambda: self._idle_positions(records),
+                )
             )
             if self._on_batch is not None:
                 for r in results:
@@ -371,6 +378,23 @@ class Service:
         hw = consumer.highwater(tp) if consumer is not None else None
         done = self.book.next_offset(tp)
         return None if hw is None or done is None else max(0, hw - done)
+
+    def _idle_positions(self, records: Records) -> dict[int, float]:
+        """Warm, unpaused partitions with nothing in this batch that are caught up, with when
+        they were last polled (epoch s): while others keep the polls busy, the idle probe
+        never runs, so a partition's last fetch says whether it is caught up."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        paused, out = consumer.paused(), {}
+        for tp in consumer.assignment():
+            if tp in records or not self.book.is_warm(tp) or tp in paused:
+                continue
+            hw, done = consumer.highwater(tp), self.book.next_offset(tp)
+            if hw is not None and done is not None and done >= hw:
+                polled = consumer.last_poll_timestamp(tp)
+                out[tp.partition] = (polled if polled else wall_ms()) / 1000.0
+        return out
 
     # -- rebalance --------------------------------------------------------------------------
 
@@ -393,6 +417,7 @@ class Service:
             by_stream = await self.rebuilder.by_stream(todo)
             done = await self.rebuilder.rebuild(todo) if todo else set()
             self.book.settle(done)
+            self.observer.assigned({tp.partition for tp in tps})
             self._assigned_once.set()
             lazy = self.rebuilder.lazy
             log.info(
