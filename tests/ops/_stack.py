@@ -29,8 +29,9 @@ from stream_infer.events import encode_candle
 from stream_infer.kafka import make_producer
 from tests.conftest import DATA, REPO
 from tests.kafka._util import interleave, real_candles
+from tests.kafka_helpers import fresh_topics, run_sync
 from tests.ops._prometheus import Prometheus, alert_state, running
-from tests.reliability._harness import ServiceProc, produce_candles, run_sync, topics_on
+from tests.reliability._harness import ServiceProc, produce_candles
 from tests.reliability._pg import PrivatePg, activate_dir, private_pg
 
 SHIPPED = REPO / "artifacts" / "ensemble-v1"
@@ -201,7 +202,7 @@ def stack(
         took("postgres")
         row = run_sync(activate_dir(pg, root / "v1", version="v1"))
         (rec,) = run_sync(pg.fetch("SELECT created_at FROM active_ensembles WHERE id = $1", row))
-        s = topics_on(bootstrap, "prom", partitions=2, kafka_max_poll_records=200)
+        s = fresh_topics(bootstrap, "prom", partitions=2, kafka_max_poll_records=200)
         warm, live = live_messages(per_stream)
         took("candles")
         run_sync(produce_candles(bootstrap, s.kafka_candles_topic, warm, {}))

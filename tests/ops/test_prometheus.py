@@ -32,6 +32,7 @@ import pytest
 
 from stream_infer.ops import DEAD_LETTER_REASONS, STAGES
 from tests.fixtures_kafka import KafkaBroker
+from tests.kafka_helpers import run_sync
 from tests.ops._prometheus import (
     alert_state,
     dashboard_queries,
@@ -43,7 +44,6 @@ from tests.ops._prometheus import (
 )
 from tests.ops._stack import SYMBOLS, Stack, poison, wait
 from tests.ops._stack import stack as running_stack
-from tests.reliability._harness import run_sync
 from tests.reliability._pg import activate_dir
 
 # The module's set-up (broker, Postgres, service, Prometheus, the healthy minute) runs in

@@ -20,10 +20,11 @@ import pytest
 
 from stream_infer import BrokerError
 from tests.fixtures_kafka import TEST_BROKER
+from tests.kafka_helpers import run_sync
 from tests.ops._prometheus import alert_state, for_seconds, load_rules, rules_for_test
 from tests.ops._stack import Feed, Message, Stack, wait
 from tests.ops._stack import stack as running_stack
-from tests.reliability._harness import ProxiedBroker, proxied_broker, run_sync
+from tests.reliability._harness import ProxiedBroker, proxied_broker
 from tests.reliability._load import Produced, make_feed, produce_feed
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
