@@ -17,6 +17,7 @@ from stream_infer._errors import DatabaseError
 from stream_infer.candles import CANDLE_COLUMNS
 
 __all__ = [
+    "CANDLES_CHANNEL",
     "CHANNEL",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 # NOTIFY channel of ``activate``; the payload is the new active_ensembles.id.
 CHANNEL = "stream_infer_ensemble"
+
+# NOTIFY channel of the insert trigger on ``candles`` (migration 2): one empty notification
+# per statement that inserts, so a bulk load wakes a listener once, not once per row; the
+# listener (``run --source postgres``) reads what is new itself.
+CANDLES_CHANNEL = "stream_infer_candles"
 
 # pg_advisory_xact_lock keys: arbitrary, fixed, distinct ("si" + purpose).
 MIGRATE_LOCK = 0x73690001
@@ -108,7 +114,43 @@ END
 $$;
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "ensembles, predictions, candles", _V1),)
+# The Postgres source (``stream_infer.pgsource``): a named source, where it has got to in
+# each stream (the last candle it processed), and a wake-up when candles are inserted.
+# A statement-level trigger (not per row) and without transition tables: TimescaleDB
+# hypertables accept it, and a COPY of a month costs one notification.
+_V2 = f"""
+CREATE TABLE IF NOT EXISTS candle_sources (
+    name       text PRIMARY KEY,
+    start      text NOT NULL CHECK (start IN ('latest', 'earliest')),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS candle_cursors (
+    source     text NOT NULL REFERENCES candle_sources (name) ON DELETE CASCADE,
+    symbol     text NOT NULL,
+    interval   text NOT NULL,
+    open_time  bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, symbol, interval)
+);
+
+CREATE OR REPLACE FUNCTION stream_infer_candles_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{CANDLES_CHANNEL}', '');
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS candles_notify ON candles;
+CREATE TRIGGER candles_notify AFTER INSERT ON candles
+    FOR EACH STATEMENT EXECUTE FUNCTION stream_infer_candles_notify();
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "ensembles, predictions, candles", _V1),
+    Migration(2, "candle sources, cursors and the candles insert notification", _V2),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 # The columns each table must have after the migrations. ``IF NOT EXISTS`` passes over a
@@ -147,6 +189,8 @@ EXPECTED_COLUMNS: dict[str, frozenset[str]] = {
         ]
     ),
     "candles": frozenset(CANDLE_COLUMNS),
+    "candle_sources": frozenset(["name", "start", "created_at"]),
+    "candle_cursors": frozenset(["source", "symbol", "interval", "open_time", "updated_at"]),
 }
 
 

@@ -244,6 +244,10 @@ class ModelManager:
         """The serving ensemble, or None when inference is disabled."""
         return self._current
 
+    def is_ready(self) -> bool:
+        """True when a model is loaded and serving (the seed's ``manager.is_ready()``)."""
+        return self._current is not None
+
     @property
     def config(self) -> EnsembleConfig:
         return self._config
