@@ -23,10 +23,11 @@ stream is read afresh: a later call gives what a fresh read would.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,14 +68,34 @@ class InferenceResult:
     written: int | None = None
 
 
-@dataclass(slots=True)
 class _Held:
-    """A stream that predicted its newest candle in the last call."""
+    """A stream that predicted its newest candle in the last call: the rows it was read
+    from (to tell whether they are still the table's) and that prediction."""
 
-    seen: list[tuple[int, int]]  # (open_time, xmin) of each row read in the window, in order
-    fingerprint: _read.Fingerprint  # of ``seen``
-    newest: int
-    prediction: Prediction
+    __slots__ = ("newest", "prediction", "rows", "seen", "xmin_sum")
+
+    def __init__(self, prediction: Prediction) -> None:
+        self.seen: collections.deque[tuple[int, int]] = collections.deque()  # (open_time, xmin)
+        self.rows = 0
+        self.xmin_sum = 0
+        self.newest = prediction.open_time
+        self.prediction = prediction
+
+    @property
+    def fingerprint(self) -> _read.Fingerprint:
+        return _read.Fingerprint(self.rows, self.xmin_sum)
+
+    def add(self, records: Iterable[Mapping[str, Any]], lo: int) -> None:
+        """Rows read since (oldest first), then forget those before ``lo``."""
+        seen = self.seen
+        for r in records:
+            x = int(r["xmin"])
+            seen.append((int(r["open_time"]), x))
+            self.rows += 1
+            self.xmin_sum += x
+        while seen and seen[0][0] < lo:
+            self.rows -= 1
+            self.xmin_sum -= seen.popleft()[1]
 
 
 @dataclass(slots=True)
@@ -152,7 +173,7 @@ class _Streams:
         self,
         newest: Mapping[StreamKey, int],
         plan: _Plan,
-        got_after: Mapping[StreamKey, tuple[int, list[Any]]],
+        got_after: Mapping[StreamKey, tuple[_read.Fingerprint, list[Any]]],
         got_windows: Mapping[StreamKey, tuple[list[Any], Any]],
         need: int,
         t0: float,
@@ -164,14 +185,13 @@ class _Streams:
         history: list[Candle] = []
         feed: list[Candle] = []
         fed: dict[StreamKey, list[int]] = {}  # open_times fed, oldest first, for the reason
-        seen: dict[StreamKey, list[tuple[int, int]]] = {}  # (open_time, xmin) of rows read
+        read: dict[StreamKey, tuple[_Held | None, list[Any]]] = {}  # what to hold on success
         reuse: dict[StreamKey, Prediction] = {}
 
         for key, n in plan.cold.items():
             rows, anchor = got_windows[key]
             valid, bad = _read.window_candles(rows, anchor, _read.window_start(n, need, iv), iv)
             rejected += bad
-            seen[key] = [(int(r["open_time"]), int(r["xmin"])) for r in rows]
             self.held.pop(key[0], None)
             if not valid or valid[-1].open_time != n:
                 skipped[key] = _newest_invalid(key, n, bad)
@@ -183,24 +203,24 @@ class _Streams:
             history += valid[:-1]
             feed.append(valid[-1])
             fed[key] = [c.open_time for c in valid]
+            read[key] = (None, rows)
 
         for key in plan.warm:
-            held = self.held[key[0]]
             _, rows = got_after[key]
+            if not rows:
+                reuse[key] = self.held[key[0]].prediction
+                continue
+            held = self.held.pop(key[0])
             state = pipeline.stream_state(*key)
             previous = None if state is None else state.last_open_time
             valid, bad = _read.checked(rows, iv, previous=previous)
             rejected += bad
-            seen[key] = [*held.seen, *((int(r["open_time"]), int(r["xmin"])) for r in rows)]
-            if not rows:
-                reuse[key] = held.prediction
-                continue
-            self.held.pop(key[0])
             feed += valid
             if not valid or valid[-1].open_time != newest[key]:
                 skipped[key] = _newest_invalid(key, newest[key], bad)
                 continue
             fed[key] = [*([] if previous is None else [previous]), *(c.open_time for c in valid)]
+            read[key] = (held, rows)
 
         counts = pipeline.warm(history)
         if counts.dead_letters:  # every row was checked before: the rules must agree
@@ -226,11 +246,13 @@ class _Streams:
                 skipped[key] = self._not_ready(key, fed.get(key, []), need, result.counts)
                 continue
             predictions.append(p)
-            lo = _read.window_start(n, need, iv)
-            window = [(t, x) for t, x in seen[key] if t >= lo]
-            self.held[key[0]] = _Held(
-                window, _read.Fingerprint(len(window), sum(x for _, x in window)), n, p
-            )
+            if key in reuse:
+                continue  # held as it was
+            before, rows = read[key]
+            now = before if before is not None else _Held(p)
+            now.add(rows, _read.window_start(n, need, iv))
+            now.newest, now.prediction = n, p
+            self.held[key[0]] = now
         return InferenceResult(
             predictions=predictions,
             skipped=list(skipped.values()),

@@ -171,14 +171,14 @@ class PostgresSource:
             s = self.stats
             log.info(
                 "postgres source %s stopped after %.1f s: %d rounds, %d candles, %d predictions, "
-                "%d rejected %s, %d streams rebuilt from %d candles, %d failures",
+                "%d rejected%s, %d streams rebuilt from %d candles, %d failures",
                 self.name,
                 time.monotonic() - started,
                 s.rounds,
                 s.candles,
                 s.predictions,
                 s.rejected,
-                s.rejected_reasons or "",
+                f" {s.rejected_reasons}" if s.rejected_reasons else "",
                 s.rebuilt_streams,
                 s.history_candles,
                 s.failures,

@@ -9,7 +9,7 @@ import pytest
 
 from stream_infer import DatabaseError
 from stream_infer.config import DatabaseSettings
-from stream_infer.db import SCHEMA_VERSION, Database, migrate, schema_version
+from stream_infer.db import MIGRATIONS, SCHEMA_VERSION, Database, migrate, schema_version
 
 pytestmark = pytest.mark.services
 
@@ -24,7 +24,7 @@ async def test_migrate_twice_is_idempotent(pg_settings: DatabaseSettings) -> Non
     try:
         async with db.acquire() as conn:
             assert await schema_version(conn) == 0
-            assert await migrate(conn) == [1]
+            assert await migrate(conn) == [m.version for m in MIGRATIONS] == [1, 2]
             assert await migrate(conn) == []
             assert await schema_version(conn) == SCHEMA_VERSION
             assert await _tables(conn) == {
@@ -32,8 +32,10 @@ async def test_migrate_twice_is_idempotent(pg_settings: DatabaseSettings) -> Non
                 "active_ensembles",
                 "predictions",
                 "candles",
+                "candle_sources",
+                "candle_cursors",
             }
-            assert await conn.fetchval("SELECT count(*) FROM schema_version") == 1
+            assert await conn.fetchval("SELECT count(*) FROM schema_version") == len(MIGRATIONS)
             # no TimescaleDB here: candles is a plain table
             assert (
                 await conn.fetchval(
@@ -53,7 +55,7 @@ async def test_concurrent_migrate(pg_settings: DatabaseSettings) -> None:
     conns = [await Database(pg_settings).connect() for _ in range(6)]
     try:
         results = await asyncio.gather(*(migrate(c) for c in conns))
-        assert sorted(results) == [[], [], [], [], [], [1]]
+        assert sorted(results) == [[], [], [], [], [], [1, 2]]
         assert await schema_version(conns[0]) == SCHEMA_VERSION
     finally:
         for c in conns:
@@ -119,10 +121,35 @@ def test_migrate_command_creates_then_reports_up_to_date(
     runner = CliRunner()
     first = runner.invoke(app, ["db", "migrate"])
     assert first.exit_code == 0, first.output
-    assert f"schema version {SCHEMA_VERSION}; applied: 1" in first.output
+    assert f"schema version {SCHEMA_VERSION}; applied: 1, 2" in first.output
     second = runner.invoke(app, ["db", "migrate"])
     assert second.exit_code == 0, second.output
     assert "applied: none (up to date)" in second.output
     monkeypatch.setenv("DB_PORT", "1")  # nothing listens there: a DatabaseError (main()
     down = runner.invoke(app, ["db", "migrate"])  # prints it as one line), exit code 1
     assert down.exit_code == 1 and isinstance(down.exception, DatabaseError), down.output
+
+
+async def test_an_insert_into_candles_notifies_once_per_statement(pg_db: Database) -> None:
+    from stream_infer.candles import read_klines
+    from stream_infer.db import CANDLES_CHANNEL, load_candles
+    from tests.conftest import DATA
+
+    frame = read_klines(DATA / "klines" / "BTCUSDT-1m-2023-01-head.csv.gz").head(500)
+    got: list[str] = []
+    listener = await pg_db.connect()
+    try:
+        await listener.add_listener(CANDLES_CHANNEL, lambda *a: got.append(a[-1]))
+        async with pg_db.acquire() as conn:
+            await load_candles(conn, frame)  # 500 rows in one INSERT ... SELECT
+            await conn.execute(
+                "INSERT INTO candles VALUES ('X', '1m', 0, 59999, 1, 1, 1, 1, 0, 0, 0, 0, 0, NULL)"
+            )
+        for _ in range(100):
+            if len(got) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # a notification per row would have arrived by now
+    finally:
+        await listener.close()
+    assert got == ["", ""]
