@@ -265,3 +265,36 @@ async def test_no_model_and_a_bad_interval_are_clear_errors(pg_db: Database, man
     with pytest.raises(ConfigError, match="unknown interval"):
         await run_inference_pipeline(pg_db, manager, interval="7m")
     assert (await run_inference_pipeline(pg_db, manager)).predictions == []  # empty table
+
+
+async def test_the_readme_library_example_runs(
+    pg_db: Database,
+    pg_settings: DatabaseSettings,
+    models_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.conftest import REPO
+    from tests.pgsource._util import db_env
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    after = text.split("The library call (the feeder's loop, translated):", 1)[1]
+    block = after.split("```python", 1)[1].split("```", 1)[0]
+    times = await load_rows(pg_db, NEAR, range(500))
+    for k, v in db_env(pg_settings).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("ML_LGBM_MODELS_DIR", str(models_dir))
+    # the snippet as the body of a coroutine; the "..." line is the feeder's own work
+    lines = [line for line in block.splitlines() if line and not line.startswith("...")]
+    imports = [line for line in lines if line.startswith(("from ", "import "))]
+    body = [line for line in lines if line not in imports]
+    src = "\n".join(
+        [*imports, "async def example():", *("    " + b for b in body), "    return result, db"]
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(src, "README.md", "exec"), namespace)
+    result, db = await namespace["example"]()
+    await db.close()
+    (p,) = result.predictions
+    assert (p.symbol, p.open_time) == ("NEARUSDT", times[-1])
+    assert f"NEARUSDT {times[-1]}" in capsys.readouterr().out

@@ -322,3 +322,40 @@ async def test_polling_alone_and_one_process_per_source_name(
             first.request_stop()
             await asyncio.wait_for(second.locked.wait(), 30)  # released with the connection
     assert second.stats.predictions == 0  # it resumed after first's cursor: nothing to redo
+
+
+async def test_the_service_wiring_serves_readyz_and_refuses_an_old_schema(
+    pg_db: Database, pg_settings: DatabaseSettings, ensemble: Any
+) -> None:
+    import urllib.request
+
+    from stream_infer import DatabaseError
+    from stream_infer.cli._pgsource import serve_postgres
+    from stream_infer.config import ServiceSettings
+    from stream_infer.kafka import free_port
+
+    port = free_port()
+    settings = ServiceSettings(db=pg_settings, metrics_port=port)
+
+    def readyz() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return int(r.status)
+        except OSError as exc:
+            return int(getattr(exc, "code", 0))
+
+    task = asyncio.create_task(serve_postgres(settings, ensemble, configured=False, bootstrap=None))
+    try:
+        deadline = time.monotonic() + 30
+        while await asyncio.to_thread(readyz) != 200:
+            assert not task.done(), task.exception()
+            assert time.monotonic() < deadline, "never ready"
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    async with pg_db.acquire() as conn:
+        await conn.execute("DELETE FROM schema_version WHERE version = 2")
+    with pytest.raises(DatabaseError, match=r"schema version 1.*stream-infer db migrate"):
+        await serve_postgres(settings, ensemble, configured=False, bootstrap=None)
