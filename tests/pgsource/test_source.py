@@ -359,3 +359,33 @@ async def test_the_service_wiring_serves_readyz_and_refuses_an_old_schema(
         await conn.execute("DELETE FROM schema_version WHERE version = 2")
     with pytest.raises(DatabaseError, match=r"schema version 1.*stream-infer db migrate"):
         await serve_postgres(settings, ensemble, configured=False, bootstrap=None)
+
+
+async def test_with_a_broker_the_predictions_also_go_to_the_topic(
+    pg_db: Database, ensemble: Any, kafka_topics: Any
+) -> None:
+    from stream_infer.events import decode_prediction
+    from stream_infer.pgsource import TopicPublisher
+    from tests.kafka._util import read_topic
+
+    s = kafka_topics()
+    (near,) = frames(445, [NEAR])
+    await insert(pg_db, near.iloc[:430])
+    publisher = TopicPublisher(s, s.kafka_bootstrap_servers)
+    await publisher.start()
+    settings = PostgresSourceSettings(poll_s=0.1)
+    source = PostgresSource(pg_db, Pipeline(ensemble), settings, publish=publisher)
+    try:
+        async with running(source):
+            await asyncio.wait_for(source.locked.wait(), 30)
+            await insert(pg_db, near.iloc[430:445])
+            await until(pg_db, 15, 20)
+    finally:
+        await publisher.stop()
+    records = await read_topic(s.kafka_bootstrap_servers, s.kafka_predictions_topic, expect=15)
+    on_topic = [decode_prediction(r.value) for r in records]
+    assert [r.key for r in records] == [b"NEARUSDT"] * 15
+    table = await stored(pg_db)
+    assert {(p.symbol, p.open_time) for p in on_topic} == set(table)
+    for p in on_topic:
+        assert list(p.predictions) == table[(p.symbol, p.open_time)]["predictions"]
