@@ -15,6 +15,8 @@ queries included:
   A warm manager holds each stream's feature state from its last call, so a call reads
   the rows inserted since (an index probe per stream, plus a fingerprint of the rows it
   holds), updates the features once per new candle and runs the model once for all.
+* the model floor: ``Ensemble.predict`` alone on a batch of as many windows, timed right
+  after each call (what no implementation of the call can go below on this machine now).
 * cold: a manager that holds nothing (the first call of a process, or the state of the
   art before this work: read every stream's window, warm its features from scratch).
   The ratio cold/warm of the medians is the gain of holding the state.
@@ -56,11 +58,16 @@ async def _calls(
 ) -> dict[str, Any]:
     """``calls`` timed calls; before each, stream ``j``'s candle ``first[j] + k`` is inserted
     (one INSERT for all, not timed). Every call must predict each stream's newest candle."""
+    import numpy as np
+
     from stream_infer.db import load_candles
     from stream_infer.pgsource import run_inference_pipeline
 
     ms: list[float] = []
     inside: list[float] = []
+    floor: list[float] = []
+    ensemble = manager.current
+    windows = np.random.default_rng(0).normal(size=(len(streams), ensemble.seq_len, 27))
     await run_inference_pipeline(db, manager, symbol=symbol)  # the cold read, not timed
     for k in range(calls):
         new = [s[f + k] for s, f in zip(streams, first, strict=True)]
@@ -70,6 +77,9 @@ async def _calls(
         result = await run_inference_pipeline(db, manager, symbol=symbol)
         ms.append((time.perf_counter() - t0) * 1000.0)
         inside.append(result.latency_ms)
+        t0 = time.perf_counter()
+        ensemble.predict(windows)  # the model alone on a batch this size, beside each call
+        floor.append((time.perf_counter() - t0) * 1000.0)
         got = {p.symbol: p.open_time for p in result.predictions}
         if result.skipped or got != {c.symbol: c.open_time for c in new}:
             raise RuntimeError(
@@ -77,6 +87,7 @@ async def _calls(
             )
     out = summary_ms(ms)
     out["latency_ms_median"] = round(statistics.median(inside), 3)  # call start -> built
+    out["model_floor_ms_median"] = round(statistics.median(floor), 3)
     out["streams"] = len(streams)
     return out
 

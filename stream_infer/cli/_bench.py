@@ -342,6 +342,15 @@ def rows(r: dict[str, Any]) -> list[Row]:
             _check(med, _at_most(150)) if n == 100 else None,
         )
     )
+    for part, what in ((one, "one symbol"), (many, f"{n} symbols")):
+        out.append(
+            Row(
+                "(8) library call from Postgres",
+                f"the model alone (Ensemble.predict), {what}, timed beside each call, ms",
+                _get(part, "model_floor_ms_median"),
+                fmt=",.2f",
+            )
+        )
     for key, what in (("cold_one", "one symbol"), ("cold_many", f"{n} symbols")):
         cold = lib.get(key) or {}
         ratio = _get(lib, "ratio_one" if key == "cold_one" else "ratio_many")

@@ -130,23 +130,29 @@ class _Streams:
         iv = self.interval_ms
         with db_errors(f"read candles ({self.interval})"):
             async with db.acquire() as conn:
-                newest = await _read.newest(conn, self.interval, symbol)
-                plan = self._plan(newest)
-                got_after = await _read.after(
-                    conn,
-                    {
-                        k: (self.held[k[0]].seen[0][0], self.held[k[0]].newest, n)
-                        for k, n in plan.warm.items()
-                    },
-                    INCREMENTAL_MAX,
-                )
-                for k, (behind, _) in got_after.items():
-                    if behind != self.held[k[0]].fingerprint:
-                        # rows inserted, deleted or updated behind the newest one read
-                        plan.cold[k] = plan.warm.pop(k)
-                got_windows = await _read.windows(
-                    conn, {k: (_read.window_start(n, need, iv), n) for k, n in plan.cold.items()}
-                )
+                quick = await self._one_held(conn, symbol)
+                if quick is not None:
+                    newest, plan, got_after = quick
+                    got_windows = {}
+                else:
+                    newest = await _read.newest(conn, self.interval, symbol)
+                    plan = self._plan(newest)
+                    got_after = await _read.after(
+                        conn,
+                        {
+                            k: (self.held[k[0]].seen[0][0], self.held[k[0]].newest, n)
+                            for k, n in plan.warm.items()
+                        },
+                        INCREMENTAL_MAX,
+                    )
+                    for k, got in got_after.items():
+                        if got.behind != self.held[k[0]].fingerprint:
+                            # rows inserted, deleted or updated behind the newest one read
+                            plan.cold[k] = plan.warm.pop(k)
+                    got_windows = await _read.windows(
+                        conn,
+                        {k: (_read.window_start(n, need, iv), n) for k, n in plan.cold.items()},
+                    )
         if symbol is not None and not newest:
             raise _NotReady(
                 f"no candles of {symbol} {self.interval} in the candles table",
@@ -157,6 +163,25 @@ class _Streams:
                 interval=self.interval,
             )
         return self._predict(newest, plan, got_after, got_windows, need, t0)
+
+    async def _one_held(
+        self, conn: Any, symbol: str | None
+    ) -> tuple[dict[StreamKey, int], _Plan, dict[StreamKey, _read.After]] | None:
+        """One symbol's held stream in one round trip: its rows since the last call (with no
+        upper bound, so they also say which is the newest) and the fingerprint of those
+        behind. None when that is not enough (not held, changed behind, too many new)."""
+        held = None if symbol is None else self.held.get(symbol)
+        if held is None or symbol is None:
+            return None
+        key = (symbol, self.interval)
+        got = await _read.after(
+            conn, {key: (held.seen[0][0], held.newest, _read.AFTER_ALL)}, INCREMENTAL_MAX
+        )
+        one = got[key]
+        if one.more or one.behind != held.fingerprint:
+            return None
+        newest = {key: int(one.rows[-1]["open_time"]) if one.rows else held.newest}
+        return newest, _Plan(warm=dict(newest)), got
 
     def _plan(self, newest: Mapping[StreamKey, int]) -> _Plan:
         plan = _Plan()
@@ -173,7 +198,7 @@ class _Streams:
         self,
         newest: Mapping[StreamKey, int],
         plan: _Plan,
-        got_after: Mapping[StreamKey, tuple[_read.Fingerprint, list[Any]]],
+        got_after: Mapping[StreamKey, _read.After],
         got_windows: Mapping[StreamKey, tuple[list[Any], Any]],
         need: int,
         t0: float,
@@ -206,7 +231,7 @@ class _Streams:
             read[key] = (None, rows)
 
         for key in plan.warm:
-            _, rows = got_after[key]
+            rows = got_after[key].rows
             if not rows:
                 reuse[key] = self.held[key[0]].prediction
                 continue

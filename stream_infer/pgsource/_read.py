@@ -32,7 +32,9 @@ from stream_infer.candles import CANDLE_COLUMNS, Candle, check_candle
 from stream_infer.features import MAX_GAP
 
 __all__ = [
+    "AFTER_ALL",
     "DUPLICATE",
+    "After",
     "Fingerprint",
     "Rejected",
     "StreamKey",
@@ -74,6 +76,9 @@ SELECT p.symbol, p.interval, t.open_time FROM pairs p CROSS JOIN LATERAL (
 ) AS t
 WHERE $1::text IS NULL OR p.interval = $1::text
 """
+
+# An open_time after every candle: a read with no upper bound.
+AFTER_ALL = 1 << 62
 
 _NEWEST_ONE = """
 SELECT max(open_time) FROM candles WHERE symbol = $1 AND interval = $2
@@ -183,11 +188,19 @@ async def windows(
     return {k: (rows[k], anchors.get(k)) for k in keys}
 
 
+class After(NamedTuple):
+    """One stream's :func:`after` read."""
+
+    behind: Fingerprint  # of its rows in [lo, after]
+    rows: list[asyncpg.Record]  # its rows in (after, hi], oldest first
+    more: bool  # the limit cut the rows: there are more in (after, hi]
+
+
 async def after(
     conn: asyncpg.Connection, plans: Mapping[StreamKey, tuple[int, int, int]], limit: int
-) -> dict[StreamKey, tuple[Fingerprint, list[asyncpg.Record]]]:
-    """For each ``(symbol, interval): (lo, after, hi)``: (the :func:`fingerprint` of its rows
-    in ``[lo, after]``, its first ``limit`` rows in ``(after, hi]`` oldest first).
+) -> dict[StreamKey, After]:
+    """For each ``(symbol, interval): (lo, after, hi)``: the :func:`fingerprint` of its rows
+    in ``[lo, after]`` and its first ``limit`` rows in ``(after, hi]``, oldest first.
 
     When the limit cut the rows, those at the last open_time read are left for the next
     read: copies of one open_time are always read together (see :func:`checked`).
@@ -204,18 +217,23 @@ async def after(
         [int(plans[k][2]) for k in keys],
         limit,
     )
-    out: dict[StreamKey, tuple[Fingerprint, list[asyncpg.Record]]] = {}
+    behind: dict[StreamKey, Fingerprint] = {}
+    rows: dict[StreamKey, list[asyncpg.Record]] = {}
     for r in records:
         key = keys[int(r["i"]) - 1]
-        behind, rows = out.get(key, (Fingerprint(int(r["n"]), int(r["x"])), []))
+        if key not in behind:
+            behind[key] = Fingerprint(int(r["n"]), int(r["x"]))
+            rows[key] = []
         if r["open_time"] is not None:
-            rows.append(r)
-        out[key] = (behind, rows)
-    for key, (behind, rows) in out.items():
-        rows.sort(key=_open_time)
-        if len(rows) >= limit and rows[0]["open_time"] != rows[-1]["open_time"]:
-            last = rows[-1]["open_time"]
-            out[key] = (behind, [r for r in rows if r["open_time"] != last])
+            rows[key].append(r)
+    out: dict[StreamKey, After] = {}
+    for key, got in rows.items():
+        got.sort(key=_open_time)
+        more = len(got) >= limit
+        if more and got[0]["open_time"] != got[-1]["open_time"]:
+            last = got[-1]["open_time"]
+            got = [r for r in got if r["open_time"] != last]
+        out[key] = After(behind[key], got, more)
     return out
 
 

@@ -327,11 +327,12 @@ class PostgresSource:
         batch: list[Inbound] = []
         moved: dict[StreamKey, int] = {}
         more = False
-        for key, (_, rows) in got.items():
+        for key, read in got.items():
+            rows = read.rows
+            more = more or read.more
             if not rows:
                 continue  # deleted since the first read of this round
             moved[key] = int(rows[-1]["open_time"])
-            more = more or moved[key] < todo[key]
             state = self.pipeline.stream_state(*key)
             previous = None if state is None else state.last_open_time
             valid, bad = _read.checked(rows, interval_to_ms(key[1]), previous=previous)
