@@ -218,6 +218,7 @@ def run(
     ] = "kafka",
 ) -> None:
     """The service: candles topic -> features -> ensemble -> predictions topic (at-least-once).
+    With --source postgres: the candles table -> the same core -> the predictions table.
 
     Waits for the broker when it cannot be reached at start (not ready meanwhile). Stops on
     SIGTERM / SIGINT after publishing and committing what is in flight, and logs one summary
@@ -243,6 +244,8 @@ def run(
         raise ConfigError(
             "HISTORY_SOURCE=postgres needs a database: set DB_HOST (and DB_NAME, ...)"
         )
+    if source == "postgres" and not settings.db.enabled:
+        raise ConfigError("--source postgres needs a database: set DB_HOST (and DB_NAME, ...)")
     overrides: dict[str, Any] = {}
     if bootstrap:
         overrides["kafka_bootstrap_servers"] = bootstrap
@@ -269,8 +272,6 @@ def run(
     if source == "postgres":
         from stream_infer.cli._pgsource import serve_postgres
 
-        if not settings.db.enabled:
-            raise ConfigError("--source postgres needs a database: set DB_HOST (and DB_NAME, ...)")
         publish_to = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
         asyncio.run(
             serve_postgres(
