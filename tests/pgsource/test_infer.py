@@ -46,22 +46,28 @@ async def load_rows(db: Database, src: Path, rows: range | list[int]) -> list[in
     return [int(t) for t in frame["open_time"]]
 
 
-async def test_newest_candle_equals_replay_for_three_real_months(
-    pg_db: Database,
-    pg_settings: DatabaseSettings,
+async def _newest_equals_replay(
+    db: Database,
+    settings: DatabaseSettings,
     manager: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    tail: int | None,
 ) -> None:
-    loaded = await cli(monkeypatch, pg_settings, "db", "load-candles", *map(str, MONTHS))
+    """Load the three months with ``db load-candles``; the call's prediction for each
+    month's last candle equals replay's over the last ``tail`` candles (None: the month)."""
+    loaded = await cli(monkeypatch, settings, "db", "load-candles", *map(str, MONTHS))
     assert loaded.exit_code == 0, loaded.output
     for m in MONTHS:
         assert f"{m}: {count_rows(m)} new candles" in loaded.stdout
-    result = await run_inference_pipeline(pg_db, manager)
+    result = await run_inference_pipeline(db, manager)
     assert result.skipped == [] and result.rejected == []
     assert result.latency_ms > 0
-    tails = [cut(m, tmp_path, range(count_rows(m) - TAIL, count_rows(m)), "tail") for m in MONTHS]
-    want = replay(tails, manager.current)
+    n = {m: count_rows(m) for m in MONTHS}
+    files = [
+        m if tail is None else cut(m, tmp_path, range(n[m] - tail, n[m]), "tail") for m in MONTHS
+    ]
+    want = replay(files, manager.current)
     got = {p.symbol: p for p in result.predictions}
     assert sorted(got) == ["AVAXUSDT", "FILUSDT", "NEARUSDT"]
     for m in MONTHS:
@@ -72,9 +78,31 @@ async def test_newest_candle_equals_replay_for_three_real_months(
         assert_same(p, want[(symbol, last)])
         assert p.latency_ms <= result.latency_ms
     # one symbol alone: the same numbers
-    one = await run_inference_pipeline(pg_db, manager, symbol="FILUSDT")
+    one = await run_inference_pipeline(db, manager, symbol="FILUSDT")
     (p,) = one.predictions
     assert_same(p, got["FILUSDT"], tol=1e-12)
+
+
+async def test_newest_candle_equals_replay_for_three_real_months(
+    pg_db: Database,
+    pg_settings: DatabaseSettings,
+    manager: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _newest_equals_replay(pg_db, pg_settings, manager, tmp_path, monkeypatch, TAIL)
+
+
+@pytest.mark.slow  # replay of three whole months: minutes on 2 cores
+@pytest.mark.timeout(3600)
+async def test_newest_candle_equals_replay_of_the_whole_months(
+    pg_db: Database,
+    pg_settings: DatabaseSettings,
+    manager: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _newest_equals_replay(pg_db, pg_settings, manager, tmp_path, monkeypatch, None)
 
 
 async def test_predict_write_twice_leaves_one_row_per_prediction(
