@@ -127,6 +127,7 @@ class PostgresSource:
         self._clock = clock
         self._backoff = backoff or Backoff(initial=0.1, cap=5.0)
         self._conn: asyncpg.Connection | None = None
+        self._connected = False  # once: a later connect is a reconnect
         self._cursors: dict[StreamKey, int] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -230,8 +231,9 @@ class PostgresSource:
         except BaseException:
             conn.terminate()
             raise
-        if self._conn is not None:
+        if self._connected:
             self.stats.reconnects += 1
+        self._connected = True
         self._conn = conn
         self.pipeline.drop_partitions([0])  # rebuilt from the cursors just read
         self.locked.set()

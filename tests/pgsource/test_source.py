@@ -389,3 +389,39 @@ async def test_with_a_broker_the_predictions_also_go_to_the_topic(
     assert {(p.symbol, p.open_time) for p in on_topic} == set(table)
     for p in on_topic:
         assert list(p.predictions) == table[(p.symbol, p.open_time)]["predictions"]
+
+
+async def test_a_cut_connection_is_resumed_from_the_cursors(
+    pg_db: Database,
+    pg_settings: DatabaseSettings,
+    pg_proxy: Any,
+    ensemble: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sources = frames(700, MONTHS[:2])
+    for f in sources:
+        await insert(pg_db, f.iloc[:420])
+    via = Database(pg_settings.model_copy(update={"port": pg_proxy.port}), connect_timeout=1.0)
+    settings = PostgresSourceSettings(poll_s=0.05, max_candles=20)
+    source = PostgresSource(via, Pipeline(ensemble), settings, listen=False)
+    want = replay([cut(m, tmp_path, range(700), "cut") for m in MONTHS[:2]], ensemble)
+    caplog.set_level(logging.WARNING, logger="stream_infer.pgsource")
+    try:
+        async with running(source):
+            await asyncio.wait_for(source.locked.wait(), 30)
+            feeding = asyncio.create_task(feed(pg_db, sources, 420, 700, rate=100))
+            for at in (40, 200):
+                await until(pg_db, at, 60)
+                pg_proxy.cut()  # mid-stream: a round may be reading or committing
+                await asyncio.sleep(0.5)
+                pg_proxy.restore()
+            await feeding
+            await until(pg_db, len(want), 60)
+            await asyncio.sleep(0.5)
+    finally:
+        await via.close()
+    assert source.stats.failures >= 2 and source.stats.reconnects >= 2, source.stats
+    assert_rows_equal(await stored(pg_db), want)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "were in the table already" in m]
