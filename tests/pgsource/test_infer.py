@@ -273,12 +273,21 @@ async def test_later_calls_read_only_new_rows_and_equal_a_fresh_read(
         (cold,) = (await run_inference_pipeline(pg_db, fresh(), symbol="NEARUSDT")).predictions
         assert held.open_time == cold.open_time == times[-1]
         assert_same(held, cold, tol=1e-9)
-    # a row deleted behind the newest one read: the held stream is read afresh
-    async with pg_db.acquire() as conn:
-        await conn.execute("DELETE FROM candles WHERE open_time = $1", times[-20])
-    (held,) = (await run_inference_pipeline(pg_db, manager, symbol="NEARUSDT")).predictions
-    (cold,) = (await run_inference_pipeline(pg_db, fresh(), symbol="NEARUSDT")).predictions
-    assert_same(held, cold, tol=1e-9)
+    # a row deleted, or updated in place, behind the newest one read: read afresh
+    for change in (
+        "DELETE FROM candles WHERE open_time = $1",
+        "UPDATE candles SET close = close * 1.01, high = high * 1.01 WHERE open_time = $1",
+    ):
+        (before,) = (await run_inference_pipeline(pg_db, manager, symbol="NEARUSDT")).predictions
+        async with pg_db.acquire() as conn:
+            assert await conn.execute(change, times[-5 if "UPDATE" in change else -20]) in (
+                "DELETE 1",
+                "UPDATE 1",
+            )
+        (held,) = (await run_inference_pipeline(pg_db, manager, symbol="NEARUSDT")).predictions
+        (cold,) = (await run_inference_pipeline(pg_db, fresh(), symbol="NEARUSDT")).predictions
+        assert_same(held, cold, tol=1e-9)
+        assert held.predictions != before.predictions  # the change mattered, and was seen
     assert not math.isclose(held.predictions[0], 0.5, abs_tol=0.0)  # a real number, not a stub
 
 
