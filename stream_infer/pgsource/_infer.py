@@ -15,9 +15,12 @@ run the ensemble, return the predictions. This is that call on stream_infer's pa
 The feature state of each stream is kept between calls, per manager: a later call reads
 only the rows inserted since (one index probe per stream) and feeds them on, so a call
 for 100 streams costs 100 feature updates and one batched model call instead of 100
-warm-ups. A row inserted, deleted or updated behind the newest one read changes a
-fingerprint the read checks (the rows' count and the sum of their ``xmin``), and that
-stream is read afresh: a later call gives what a fresh read would.
+warm-ups. A row inserted, deleted or updated behind the newest one read is noticed and
+that stream read afresh, so a later call gives what a fresh read would: the database
+counts the statements that change rows behind their stream's newest (``candle_changes``,
+migration 2); while that count stands, the held rows are the table's; when it moved (or
+the table has no count), each held stream's rows are compared with a fingerprint (their
+count and the sum of their ``xmin``), one index range per stream.
 """
 
 from __future__ import annotations
@@ -72,14 +75,16 @@ class _Held:
     """A stream that predicted its newest candle in the last call: the rows it was read
     from (to tell whether they are still the table's) and that prediction."""
 
-    __slots__ = ("newest", "prediction", "rows", "seen", "xmin_sum")
+    __slots__ = ("changes", "newest", "prediction", "rows", "seen", "xmin_sum")
 
-    def __init__(self, prediction: Prediction) -> None:
+    def __init__(self, prediction: Prediction, changes: int | None) -> None:
         self.seen: collections.deque[tuple[int, int]] = collections.deque()  # (open_time, xmin)
         self.rows = 0
         self.xmin_sum = 0
         self.newest = prediction.open_time
         self.prediction = prediction
+        # ``candle_changes.n`` when the rows were read or last checked (None: not counted)
+        self.changes = changes
 
     @property
     def fingerprint(self) -> _read.Fingerprint:
@@ -114,6 +119,8 @@ class _Streams:
         self.ensemble: Any = None
         self.held: dict[str, _Held] = {}
         self.lock = asyncio.Lock()
+        self.counted: bool | None = None  # the database counts changes behind (migration 2)
+        self.changes: int | None = None  # the count read before this call's fresh reads
 
     def need(self) -> int:
         return history_need_of(self.pipeline)
@@ -130,6 +137,9 @@ class _Streams:
         iv = self.interval_ms
         with db_errors(f"read candles ({self.interval})"):
             async with db.acquire() as conn:
+                if self.counted is None:
+                    self.counted = await _read.counted(conn)
+                self.changes = None
                 quick = await self._one_held(conn, symbol)
                 if quick is not None:
                     newest, plan, got_after = quick
@@ -144,11 +154,15 @@ class _Streams:
                             for k, n in plan.warm.items()
                         },
                         INCREMENTAL_MAX,
+                        known=self._known(plan.warm),
                     )
                     for k, got in got_after.items():
-                        if got.behind != self.held[k[0]].fingerprint:
+                        if not self._unchanged(k, got):
                             # rows inserted, deleted or updated behind the newest one read
                             plan.cold[k] = plan.warm.pop(k)
+                    if plan.cold and self.counted:
+                        # read before the rows: a change in between is seen next time
+                        self.changes = int(await conn.fetchval("SELECT n FROM candle_changes"))
                     got_windows = await _read.windows(
                         conn,
                         {k: (_read.window_start(n, need, iv), n) for k, n in plan.cold.items()},
@@ -175,13 +189,33 @@ class _Streams:
             return None
         key = (symbol, self.interval)
         got = await _read.after(
-            conn, {key: (held.seen[0][0], held.newest, _read.AFTER_ALL)}, INCREMENTAL_MAX
+            conn,
+            {key: (held.seen[0][0], held.newest, _read.AFTER_ALL)},
+            INCREMENTAL_MAX,
+            known=self._known([key]),
         )
         one = got[key]
-        if one.more or one.behind != held.fingerprint:
+        if one.more or not self._unchanged(key, one):
             return None
         newest = {key: int(one.rows[-1]["open_time"]) if one.rows else held.newest}
         return newest, _Plan(warm=dict(newest)), got
+
+    def _known(self, keys: Iterable[StreamKey]) -> dict[StreamKey, int | None] | None:
+        """Per held stream, the change count its rows were last known good at."""
+        if not self.counted:
+            return None
+        return {k: self.held[k[0]].changes for k in keys}
+
+    def _unchanged(self, key: StreamKey, got: _read.After) -> bool:
+        """The held rows of ``key`` are still the table's: no change counted since they
+        were known good, or (when counted, or not counted at all) the same fingerprint."""
+        held = self.held[key[0]]
+        if got.behind is None:  # the count is what it was: not even computed
+            return True
+        if got.behind != held.fingerprint:
+            return False
+        held.changes = got.changes  # checked at this count
+        return True
 
     def _plan(self, newest: Mapping[StreamKey, int]) -> _Plan:
         plan = _Plan()
@@ -274,7 +308,7 @@ class _Streams:
             if key in reuse:
                 continue  # held as it was
             before, rows = read[key]
-            now = before if before is not None else _Held(p)
+            now = before if before is not None else _Held(p, self.changes)
             now.add(rows, _read.window_start(n, need, iv))
             now.newest, now.prediction = n, p
             self.held[key[0]] = now

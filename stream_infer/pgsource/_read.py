@@ -40,6 +40,7 @@ __all__ = [
     "StreamKey",
     "after",
     "checked",
+    "counted",
     "fingerprint",
     "newest",
     "stream_since_restart",
@@ -113,6 +114,31 @@ LEFT JOIN LATERAL (
     ORDER BY c.open_time LIMIT $6
 ) AS a ON true
 """
+
+# The same where migration 2's ``candle_changes`` counts the statements that changed rows
+# behind the newest of their stream: a stream whose caller saw the count as it is now
+# (``known``) needs no fingerprint, and the scan of its rows is skipped (the condition
+# depends on no row, so the planner gates the aggregate's scan on it).
+_AFTER_COUNTED = f"""
+SELECT q.i, k.n, k.x, (SELECT n FROM candle_changes) AS changes, a.*
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $7::bigint[])
+    WITH ORDINALITY AS q(symbol, interval, lo, after, hi, known, i)
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n, coalesce(sum(c.xmin::text::bigint), 0) AS x FROM candles c
+    WHERE c.symbol = q.symbol AND c.interval = q.interval
+      AND c.open_time >= q.lo AND c.open_time <= q.after
+      AND q.known IS DISTINCT FROM (SELECT n FROM candle_changes)
+    HAVING q.known IS DISTINCT FROM (SELECT n FROM candle_changes)
+) AS k ON true
+LEFT JOIN LATERAL (
+    SELECT {_C_COLS} FROM candles c
+    WHERE c.symbol = q.symbol AND c.interval = q.interval
+      AND c.open_time > q.after AND c.open_time <= q.hi
+    ORDER BY c.open_time LIMIT $6
+) AS a ON true
+"""
+
+_COUNTED = "SELECT to_regclass('candle_changes') IS NOT NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,16 +217,31 @@ async def windows(
 class After(NamedTuple):
     """One stream's :func:`after` read."""
 
-    behind: Fingerprint  # of its rows in [lo, after]
+    behind: Fingerprint | None  # of its rows in [lo, after]; None: not needed (see changes)
     rows: list[asyncpg.Record]  # its rows in (after, hi], oldest first
     more: bool  # the limit cut the rows: there are more in (after, hi]
+    changes: int | None  # ``candle_changes.n`` as read (None: the table has no count)
+
+
+async def counted(conn: asyncpg.Connection) -> bool:
+    """Whether the database counts changes behind (``candle_changes``, migration 2)."""
+    return bool(await conn.fetchval(_COUNTED))
 
 
 async def after(
-    conn: asyncpg.Connection, plans: Mapping[StreamKey, tuple[int, int, int]], limit: int
+    conn: asyncpg.Connection,
+    plans: Mapping[StreamKey, tuple[int, int, int]],
+    limit: int,
+    *,
+    known: Mapping[StreamKey, int | None] | None = None,
 ) -> dict[StreamKey, After]:
     """For each ``(symbol, interval): (lo, after, hi)``: the :func:`fingerprint` of its rows
     in ``[lo, after]`` and its first ``limit`` rows in ``(after, hi]``, oldest first.
+
+    ``known`` (where the database counts changes, :func:`counted`): per stream, the count
+    of changes behind its caller last saw. When it is still the count, no statement has
+    changed a row behind its stream's newest since, and the fingerprint is not computed
+    (``behind`` is None; ``changes`` is the count as read, in the same snapshot).
 
     When the limit cut the rows, those at the last open_time read are left for the next
     read: copies of one open_time are always read together (see :func:`checked`).
@@ -208,21 +249,25 @@ async def after(
     if not plans:
         return {}
     keys = list(plans)
-    records = await conn.fetch(
-        _AFTER,
+    args: list[Any] = [
         [k[0] for k in keys],
         [k[1] for k in keys],
         [int(plans[k][0]) for k in keys],
         [int(plans[k][1]) for k in keys],
         [int(plans[k][2]) for k in keys],
         limit,
-    )
-    behind: dict[StreamKey, Fingerprint] = {}
+    ]
+    if known is not None:
+        args.append([known.get(k) for k in keys])
+    records = await conn.fetch(_AFTER if known is None else _AFTER_COUNTED, *args)
+    behind: dict[StreamKey, Fingerprint | None] = {}
+    changes: dict[StreamKey, int | None] = {}
     rows: dict[StreamKey, list[asyncpg.Record]] = {}
     for r in records:
         key = keys[int(r["i"]) - 1]
-        if key not in behind:
-            behind[key] = Fingerprint(int(r["n"]), int(r["x"]))
+        if key not in rows:
+            behind[key] = None if r["n"] is None else Fingerprint(int(r["n"]), int(r["x"]))
+            changes[key] = None if known is None else int(r["changes"])
             rows[key] = []
         if r["open_time"] is not None:
             rows[key].append(r)
@@ -233,7 +278,7 @@ async def after(
         if more and got[0]["open_time"] != got[-1]["open_time"]:
             last = got[-1]["open_time"]
             got = [r for r in got if r["open_time"] != last]
-        out[key] = After(behind[key], got, more)
+        out[key] = After(behind[key], got, more, changes[key])
     return out
 
 

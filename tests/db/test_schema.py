@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import pytest
@@ -34,6 +35,7 @@ async def test_migrate_twice_is_idempotent(pg_settings: DatabaseSettings) -> Non
                 "candles",
                 "candle_sources",
                 "candle_cursors",
+                "candle_changes",
             }
             assert await conn.fetchval("SELECT count(*) FROM schema_version") == len(MIGRATIONS)
             # no TimescaleDB here: candles is a plain table
@@ -153,3 +155,52 @@ async def test_an_insert_into_candles_notifies_once_per_statement(pg_db: Databas
     finally:
         await listener.close()
     assert got == ["", ""]
+
+
+async def test_candle_changes_counts_the_statements_that_change_rows_behind(
+    pg_db: Database,
+) -> None:
+    from stream_infer.candles import read_klines
+    from stream_infer.db import load_candles
+    from tests.conftest import DATA
+
+    frame = read_klines(DATA / "klines" / "BTCUSDT-1m-2023-01-head.csv.gz").head(200)
+    eth = frame.copy()
+    eth["symbol"] = "ETHUSDT"
+
+    async def n(conn: asyncpg.Connection) -> int:
+        return int(await conn.fetchval("SELECT n FROM candle_changes"))
+
+    async def copy(conn: asyncpg.Connection, rows: Any) -> None:
+        from stream_infer.candles import CANDLE_COLUMNS
+
+        records = [
+            tuple(None if c == "spread_bps" else r[c] for c in CANDLE_COLUMNS)
+            for r in rows.to_dict("records")
+        ]
+        await conn.copy_records_to_table("candles", records=records, columns=list(CANDLE_COLUMNS))
+
+    async with pg_db.acquire() as conn:
+        assert await n(conn) == 0
+        await load_candles(conn, frame.iloc[:100])
+        await load_candles(conn, frame.iloc[100:110])  # in order: the stream's new candles
+        await load_candles(conn, eth.iloc[:50])  # another stream's first ones
+        assert await n(conn) == 0
+        t = [int(x) for x in frame["open_time"]]
+        await conn.execute("DELETE FROM candles WHERE symbol = 'BTCUSDT' AND open_time = $1", t[50])
+        assert await n(conn) == 1
+        await load_candles(conn, frame.iloc[[50]])  # a backfill behind the newest
+        assert await n(conn) == 2
+        await load_candles(conn, frame.iloc[:110])  # a repeat load: every row is behind
+        assert await n(conn) == 3  # one statement, one count
+        await conn.execute("UPDATE candles SET volume = volume WHERE open_time = $1", t[5])
+        assert await n(conn) == 4
+        async with conn.transaction():  # behind, then in order: the flag is the statement's
+            await conn.execute("DELETE FROM candles WHERE open_time = $1", t[7])  # + 1
+            await copy(conn, frame.iloc[[7]])  # + 1
+            await copy(conn, frame.iloc[110:120])
+        assert await n(conn) == 6
+        await load_candles(conn, frame.iloc[120:130])
+        assert await n(conn) == 6
+        await conn.execute("TRUNCATE candles")
+        assert await n(conn) == 7

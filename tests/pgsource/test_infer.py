@@ -273,21 +273,30 @@ async def test_later_calls_read_only_new_rows_and_equal_a_fresh_read(
         (cold,) = (await run_inference_pipeline(pg_db, fresh(), symbol="NEARUSDT")).predictions
         assert held.open_time == cold.open_time == times[-1]
         assert_same(held, cold, tol=1e-9)
-    # a row deleted, or updated in place, behind the newest one read: read afresh
-    for change in (
-        "DELETE FROM candles WHERE open_time = $1",
-        "UPDATE candles SET close = close * 1.01, high = high * 1.01 WHERE open_time = $1",
-    ):
+    # a row deleted, backfilled, or updated in place, behind the newest one read: the
+    # held stream sees it (the change count, then the fingerprint) and is read afresh
+    gone = at - 20
+    changes = [
+        ("DELETE", "DELETE FROM candles WHERE open_time = $1", times[-20]),
+        ("INSERT", "", gone),  # the deleted row comes back: a backfill
+        (
+            "UPDATE",
+            "UPDATE candles SET close = close * 1.01, high = high * 1.01 WHERE open_time = $1",
+            times[-5],
+        ),
+    ]
+    for what, sql, arg in changes:
         (before,) = (await run_inference_pipeline(pg_db, manager, symbol="NEARUSDT")).predictions
-        async with pg_db.acquire() as conn:
-            assert await conn.execute(change, times[-5 if "UPDATE" in change else -20]) in (
-                "DELETE 1",
-                "UPDATE 1",
-            )
-        (held,) = (await run_inference_pipeline(pg_db, manager, symbol="NEARUSDT")).predictions
-        (cold,) = (await run_inference_pipeline(pg_db, fresh(), symbol="NEARUSDT")).predictions
-        assert_same(held, cold, tol=1e-9)
-        assert held.predictions != before.predictions  # the change mattered, and was seen
+        if what == "INSERT":
+            await load_rows(pg_db, NEAR, [arg])
+        else:
+            async with pg_db.acquire() as conn:
+                assert await conn.execute(sql, arg) == f"{what} 1"
+        for symbol in ("NEARUSDT", None):  # the one-symbol path and the all-streams path
+            (held,) = (await run_inference_pipeline(pg_db, manager, symbol=symbol)).predictions
+            (cold,) = (await run_inference_pipeline(pg_db, fresh(), symbol=symbol)).predictions
+            assert_same(held, cold, tol=1e-9)
+            assert held.predictions != before.predictions, what  # it mattered, and was seen
     assert not math.isclose(held.predictions[0], 0.5, abs_tol=0.0)  # a real number, not a stub
 
 
@@ -335,3 +344,29 @@ async def test_the_readme_library_example_runs(
     (p,) = result.predictions
     assert (p.symbol, p.open_time) == ("NEARUSDT", times[-1])
     assert f"NEARUSDT {times[-1]}" in capsys.readouterr().out
+
+
+async def test_the_fingerprint_is_read_only_when_the_change_count_moved(pg_db: Database) -> None:
+    from stream_infer.pgsource import _read
+
+    times = await load_rows(pg_db, NEAR, range(60))
+    key = ("NEARUSDT", "1m")
+    plan = {key: (times[0], times[40], times[-1])}
+    async with pg_db.acquire() as conn:
+        assert await _read.counted(conn)
+        now = int(await conn.fetchval("SELECT n FROM candle_changes"))
+        want = _read.fingerprint(
+            await conn.fetch(
+                "SELECT xmin::text::bigint AS xmin FROM candles WHERE open_time <= $1", times[40]
+            )
+        )
+        assert want.rows == 41
+        same = (await _read.after(conn, plan, 8, known={key: now}))[key]
+        assert (same.behind, same.changes, same.more) == (None, now, True)
+        # the limit cut the read: the last open_time read waits for the next (copies stay together)
+        assert [r["open_time"] for r in same.rows] == times[41:48]
+        for stale in (None, now - 1):
+            got = (await _read.after(conn, plan, 8, known={key: stale}))[key]
+            assert (got.behind, got.changes) == (want, now)
+        plain = (await _read.after(conn, plan, 8))[key]  # without the count: always read
+        assert (plain.behind, plain.changes) == (want, None)
