@@ -15,6 +15,8 @@ queries included:
   A warm manager holds each stream's feature state from its last call, so a call reads
   the rows inserted since (an index probe per stream, plus a fingerprint of the rows it
   holds), updates the features once per new candle and runs the model once for all.
+* the same, every held stream's fingerprint read on each call (a schema without the
+  change count of migration 2): the gain of that count.
 * the model floor: ``Ensemble.predict`` alone on a batch of as many windows, timed right
   after each call (what no implementation of the call can go below on this machine now).
 * cold: a manager that holds nothing (the first call of a process, or the state of the
@@ -139,7 +141,7 @@ async def _main(
         async with db.acquire() as conn:
             await migrate(conn)
         # stream 0 is the one-symbol stream; all ``symbols`` streams are the many-symbol case
-        streams = symbol_candles(symbols, start + calls + calls_many, prefix="L")
+        streams = symbol_candles(symbols, start + calls + 2 * calls_many, prefix="L")
         async with db.acquire() as conn:
             await load_candles(conn, _frame([c for s in streams for c in s[:start]]))
             await conn.execute("ANALYZE candles")
@@ -153,6 +155,20 @@ async def _main(
             calls_many,
             None,
         )
+        # the same without the change count: every call reads each held stream's
+        # fingerprint (what it does on a schema without candle_changes)
+        uncounted = make_manager()
+        from stream_infer.pgsource._infer import _streams
+
+        _streams(uncounted, db, "1m").counted = False  # a benchmark may reach inside
+        many_fingerprint = await _calls(
+            db,
+            uncounted,
+            streams,
+            [start + calls + calls_many] + [start + calls_many] * (symbols - 1),
+            calls_many,
+            None,
+        )
         cold_one = await _cold(db, make_manager, sym, cold_trials)
         cold_many = await _cold(db, make_manager, None, cold_trials)
     finally:
@@ -163,10 +179,12 @@ async def _main(
         "need": need,
         "one": warm_one,
         "many": warm_many,
+        "many_fingerprint": many_fingerprint,
         "cold_one": cold_one,
         "cold_many": cold_many,
         "ratio_one": round(cold_one["median_ms"] / warm_one["median_ms"], 1),
         "ratio_many": round(cold_many["median_ms"] / warm_many["median_ms"], 1),
+        "ratio_count": round(many_fingerprint["median_ms"] / warm_many["median_ms"], 2),
     }
 
 

@@ -342,6 +342,17 @@ def rows(r: dict[str, Any]) -> list[Row]:
             _check(med, _at_most(150)) if n == 100 else None,
         )
     )
+    fp = lib.get("many_fingerprint") or {}
+    if fp:
+        out.append(
+            Row(
+                "(8) library call from Postgres",
+                f"the same, {n} symbols, without the change count (each held stream's "
+                f"fingerprint read every call), ms; / with it {lib.get('ratio_count', '?')}x",
+                _get(fp, "median_ms"),
+                _get(fp, "p99_ms"),
+            )
+        )
     for part, what in ((one, "one symbol"), (many, f"{n} symbols")):
         out.append(
             Row(
