@@ -11,6 +11,8 @@ The data flow, one package per concern::
     events/    the wire formats: Candle, Prediction, DeadLetter, JSON Schemas
     kafka/     the edges: embedded broker, producer, the ``run`` service loop
     db/        Postgres: migrations, ensemble rows, predictions sink, candle history
+    pgsource/  predictions from the Postgres candles table: the seed's library call
+               (run_inference_pipeline) and ``run --source postgres``
     reload/    configuration at start and zero-downtime hot reload
     ops/       metrics, health, logging
 
@@ -34,6 +36,7 @@ from stream_infer._errors import (
     InvalidCandle,
     ModelError,
     StreamInferError,
+    StreamNotReady,
 )
 from stream_infer.candles import Candle, check_candle, read_klines
 from stream_infer.config import EnsembleConfig, ServiceSettings, resolve_ensemble
@@ -68,6 +71,9 @@ _LAZY = {
     "activate": "stream_infer.reload",
     "check_hot_reload": "stream_infer.reload",
     "initialize": "stream_infer.reload",
+    "InferenceResult": "stream_infer.pgsource",
+    "PostgresSource": "stream_infer.pgsource",
+    "run_inference_pipeline": "stream_infer.pgsource",
 }
 
 
@@ -99,17 +105,20 @@ __all__ = [
     "EnsembleRuntime",
     "ExportCheckError",
     "Inbound",
+    "InferenceResult",
     "InvalidCandle",
     "ModelError",
     "ModelManager",
     "Pipeline",
     "PostgresHistory",
+    "PostgresSource",
     "Prediction",
     "PredictionSink",
     "Reloader",
     "Service",
     "ServiceSettings",
     "StreamInferError",
+    "StreamNotReady",
     "StreamingFeatures",
     "__version__",
     "activate",
@@ -124,5 +133,6 @@ __all__ = [
     "migrate",
     "read_klines",
     "resolve_ensemble",
+    "run_inference_pipeline",
     "train_ensemble",
 ]

@@ -12,7 +12,9 @@ carries fields that say where it happened, not only a message::
     │   └── ExportCheckError    an exported artifact disagrees with its source model
     ├── ConfigError             a configuration value or source is unusable
     ├── DatabaseError           Postgres is unreachable or answered an error
-    └── BrokerError             Kafka is unreachable or answered an error
+    ├── BrokerError             Kafka is unreachable or answered an error
+    └── StreamNotReady          a stream's stored candles cannot make a prediction
+                                (``reason``, ``need``, ``have``)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "InvalidCandle",
     "ModelError",
     "StreamInferError",
+    "StreamNotReady",
 ]
 
 
@@ -123,3 +126,37 @@ class DatabaseError(StreamInferError):
 
 class BrokerError(StreamInferError):
     """Kafka is unreachable or answered an error."""
+
+
+class StreamNotReady(StreamInferError):
+    """A stream's stored candles cannot make a prediction for its newest candle.
+
+    ``reason`` is a short stable code: ``no_candles`` (the stream has none), ``too_few``
+    (fewer than readiness needs), ``gap`` (a gap longer than the feature spec bridges
+    restarted the stream too recently), ``newest_invalid`` (the newest row breaks a rule).
+    ``need`` and ``have`` count candles of the stream as the features see it (gap-filled
+    candles included): how many readiness needs, how many there are since its last restart.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        need: int | None = None,
+        have: int | None = None,
+        **ctx: Any,
+    ) -> None:
+        super().__init__(message, **ctx)
+        self.reason = reason
+        self.need = need
+        self.have = have
+
+    def context(self) -> dict[str, Any]:
+        ctx = super().context()
+        ctx["reason"] = self.reason
+        if self.need is not None:
+            ctx["need"] = self.need
+        if self.have is not None:
+            ctx["have"] = self.have
+        return ctx

@@ -25,6 +25,8 @@ EXERCISED = {
     "train": "tests.models.test_train::test_cli_train_then_evaluate",
     "evaluate": "tests.models.test_train::test_cli_train_then_evaluate",
     "db migrate": "tests.db.test_schema::test_migrate_command_creates_then_reports_up_to_date",
+    "db load-candles": "tests.pgsource.test_infer::test_newest_candle_equals_replay_for_three_real_months",
+    "predict": "tests.pgsource.test_infer::test_predict_write_twice_leaves_one_row_per_prediction",
     "activate": "tests.reload.test_real_models::test_activate_command",
     "bench": "tests.benchmarks.test_bench_cli::test_bench_cli_writes_json_and_table",
 }

@@ -26,7 +26,7 @@ from stream_infer._errors import ConfigError
 from stream_infer.cli._app import app
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-NAMES = ("features", "models", "e2e", "burst", "throughput", "memory", "naive")
+NAMES = ("features", "models", "e2e", "burst", "throughput", "memory", "naive", "library")
 #: The benchmarks that go through a broker: run once on each broker of the run.
 BROKER_NAMES = ("e2e", "burst", "throughput")
 #: The brokers one run measures side by side (``--kafka``): the embedded Tansu, Apache Kafka.
@@ -89,6 +89,15 @@ def _plan(
         "naive": (
             "bench_naive",
             lambda m: m.run(candles=20 if q else 200, symbols=16 if q else 64),
+        ),
+        "library": (
+            "bench_library",
+            lambda m: m.run(
+                calls=30 if q else 300,
+                symbols=20 if q else 100,
+                calls_many=5 if q else 40,
+                cold_trials=2 if q else 5,
+            ),
         ),
     }
 
@@ -306,6 +315,65 @@ def rows(r: dict[str, Any]) -> list[Row]:
                 round(naive_us / 1000 / best["median_ms"], 1),
             )
         )
+    lib = r.get("library") or {}
+    one = lib.get("one") or {}
+    med, p99 = _get(one, "median_ms"), _get(one, "p99_ms")
+    out.append(
+        Row(
+            "(8) library call from Postgres",
+            "run_inference_pipeline, one symbol, warm manager, a new candle per call, ms",
+            med,
+            p99,
+            "median <= 10 ms, p99 <= 25 ms",
+            None if med is None or p99 is None else (med <= 10 and p99 <= 25),
+            ",.2f",
+        )
+    )
+    many = lib.get("many") or {}
+    n = many.get("streams", 100)
+    med = _get(many, "median_ms")
+    out.append(
+        Row(
+            "(8) library call from Postgres",
+            f"the same, {n} symbols in one call, ms",
+            med,
+            _get(many, "p99_ms"),
+            "<= 150 ms" if n == 100 else "",
+            _check(med, _at_most(150)) if n == 100 else None,
+        )
+    )
+    fp = lib.get("many_fingerprint") or {}
+    if fp:
+        out.append(
+            Row(
+                "(8) library call from Postgres",
+                f"the same, {n} symbols, without the change count (each held stream's "
+                f"fingerprint read every call), ms; / with it {lib.get('ratio_count', '?')}x",
+                _get(fp, "median_ms"),
+                _get(fp, "p99_ms"),
+            )
+        )
+    for part, what in ((one, "one symbol"), (many, f"{n} symbols")):
+        out.append(
+            Row(
+                "(8) library call from Postgres",
+                f"the model alone (Ensemble.predict), {what}, timed beside each call, ms",
+                _get(part, "model_floor_ms_median"),
+                fmt=",.2f",
+            )
+        )
+    for key, what in (("cold_one", "one symbol"), ("cold_many", f"{n} symbols")):
+        cold = lib.get(key) or {}
+        ratio = _get(lib, "ratio_one" if key == "cold_one" else "ratio_many")
+        out.append(
+            Row(
+                "(8) library call from Postgres",
+                f"cold (a manager that holds no stream: reads and warms each from its newest "
+                f"candle back), {what}, ms; cold / warm {ratio if ratio is not None else '?'}x",
+                _get(cold, "median_ms"),
+                _get(cold, "p99_ms"),
+            )
+        )
     return out
 
 
@@ -480,7 +548,7 @@ def render(results: dict[str, Any]) -> str:
         "",
         "What each line measures: the docstring of its module in `benchmarks/` "
         "(bench_features, bench_models, bench_e2e, bench_burst, bench_throughput, "
-        "bench_memory, bench_naive).",
+        "bench_memory, bench_naive, bench_library).",
         "",
     ]
     return "\n".join(lines)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import importlib
 
-for _name in ("_features", "_models", "_service", "_db", "_ops", "_replay", "_demo", "_bench"):
+for _name in (
+    "_features",
+    "_models",
+    "_service",
+    "_db",
+    "_ops",
+    "_replay",
+    "_demo",
+    "_bench",
+    "_pgsource",
+):
     try:
         importlib.import_module(f"stream_infer.cli.{_name}")
     except ModuleNotFoundError as exc:

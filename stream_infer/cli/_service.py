@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -212,8 +213,18 @@ def run(
             "streams it does not cover) [env HISTORY_SOURCE, default kafka]"
         ),
     ] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="where candles come from: kafka (the candles topic) or postgres (the candles "
+            "table at DB_HOST, watched with LISTEN/NOTIFY and polling; predictions go to the "
+            "predictions table, and to the topic when --bootstrap or KAFKA_BOOTSTRAP_SERVERS "
+            "is set; PG_SOURCE_* variables, docs/postgres.md)"
+        ),
+    ] = "kafka",
 ) -> None:
     """The service: candles topic -> features -> ensemble -> predictions topic (at-least-once).
+    With --source postgres: the candles table -> the same core -> the predictions table.
 
     Waits for the broker when it cannot be reached at start (not ready meanwhile). Stops on
     SIGTERM / SIGINT after publishing and committing what is in flight, and logs one summary
@@ -226,6 +237,8 @@ def run(
         raise ConfigError(f"--log-level must be debug, info, warning or error, not {log_level!r}")
     if log_format is not None and log_format not in ("plain", "json"):
         raise ConfigError(f"--log-format must be plain or json, not {log_format!r}")
+    if source not in ("kafka", "postgres"):
+        raise ConfigError(f"--source must be kafka or postgres, not {source!r}")
     if history_source is not None and history_source not in ("kafka", "postgres"):
         raise ConfigError(f"--history-source must be kafka or postgres, not {history_source!r}")
     settings = _service_settings()
@@ -237,6 +250,8 @@ def run(
         raise ConfigError(
             "HISTORY_SOURCE=postgres needs a database: set DB_HOST (and DB_NAME, ...)"
         )
+    if source == "postgres" and not settings.db.enabled:
+        raise ConfigError("--source postgres needs a database: set DB_HOST (and DB_NAME, ...)")
     overrides: dict[str, Any] = {}
     if bootstrap:
         overrides["kafka_bootstrap_servers"] = bootstrap
@@ -260,6 +275,20 @@ def run(
         static = _load_models(models, settings.ml_device)
     _event_loop()
     _freeze_gc()
+    if source == "postgres":
+        from stream_infer.cli._pgsource import serve_postgres
+
+        publish_to = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
+        asyncio.run(
+            serve_postgres(
+                settings,
+                static,
+                configured=models is None and not no_models,
+                bootstrap=publish_to,
+                metrics_host=metrics_host,
+            )
+        )
+        return
     asyncio.run(
         _serve(
             settings,

@@ -13,7 +13,12 @@ from stream_infer.config._ensemble import (
     manifest_version,
     resolve_ensemble,
 )
-from stream_infer.config._settings import DatabaseSettings, KafkaSettings, ServiceSettings
+from stream_infer.config._settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    PostgresSourceSettings,
+    ServiceSettings,
+)
 
 __all__ = [
     "ENV_KEYS",
@@ -21,6 +26,7 @@ __all__ = [
     "DatabaseSettings",
     "EnsembleConfig",
     "KafkaSettings",
+    "PostgresSourceSettings",
     "ServiceSettings",
     "check_under_root",
     "default_models_root",

@@ -93,3 +93,20 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("HISTORY_SOURCE", "history_source"),
         description="HISTORY_SOURCE: kafka or postgres",
     )
+
+
+class PostgresSourceSettings(BaseSettings):
+    """``stream-infer run --source postgres``: predictions from the ``candles`` table
+    (docs/postgres.md, "The Postgres source"). The database is ``DatabaseSettings``'."""
+
+    model_config = SettingsConfigDict(frozen=True, env_prefix="PG_SOURCE_", extra="ignore")
+
+    # One process per name at a time (an advisory lock); its progress is stored under it.
+    name: str = Field("stream-infer", min_length=1, max_length=200, description="PG_SOURCE_NAME")
+    # Where a name met for the first time starts: after the candles already in the table
+    # (latest) or at the first candle of every stream (earliest: predicts the history).
+    start: Literal["latest", "earliest"] = Field("latest", description="PG_SOURCE_START")
+    # Polling interval: the fallback when no insert notification arrives.
+    poll_s: float = Field(1.0, gt=0, description="PG_SOURCE_POLL_S")
+    # Candles read in one round at most (a backlog is worked through in rounds this size).
+    max_candles: int = Field(2000, ge=1, description="PG_SOURCE_MAX_CANDLES")

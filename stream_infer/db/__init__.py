@@ -12,6 +12,7 @@ from stream_infer.db._history import (
     load_klines_files,
 )
 from stream_infer.db._schema import (
+    CANDLES_CHANNEL,
     CHANNEL,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -19,9 +20,15 @@ from stream_infer.db._schema import (
     migrate,
     schema_version,
 )
-from stream_infer.db._sink import PredictionLike, PredictionSink, prediction_row
+from stream_infer.db._sink import (
+    PredictionLike,
+    PredictionSink,
+    insert_predictions,
+    prediction_row,
+)
 
 __all__ = [
+    "CANDLES_CHANNEL",
     "CANDLE_COLUMNS",
     "CHANNEL",
     "MIGRATIONS",
@@ -38,6 +45,7 @@ __all__ = [
     "db_errors",
     "deactivate",
     "fetch_active",
+    "insert_predictions",
     "load_candles",
     "load_klines_files",
     "migrate",

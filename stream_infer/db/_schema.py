@@ -17,6 +17,7 @@ from stream_infer._errors import DatabaseError
 from stream_infer.candles import CANDLE_COLUMNS
 
 __all__ = [
+    "CANDLES_CHANNEL",
     "CHANNEL",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -29,6 +30,13 @@ log = logging.getLogger(__name__)
 
 # NOTIFY channel of ``activate``; the payload is the new active_ensembles.id.
 CHANNEL = "stream_infer_ensemble"
+
+# NOTIFY channel of the insert trigger on ``candles`` (migration 2): one empty notification
+# per statement that inserts, so a bulk load wakes a listener once, not once per row; the
+# listener (``run --source postgres``) reads what is new itself.
+CANDLES_CHANNEL = "stream_infer_candles"
+# Transaction-local setting the row trigger raises for an insert behind its stream's newest.
+BEHIND_FLAG = "stream_infer.candles_behind"
 
 # pg_advisory_xact_lock keys: arbitrary, fixed, distinct ("si" + purpose).
 MIGRATE_LOCK = 0x73690001
@@ -108,7 +116,88 @@ END
 $$;
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "ensembles, predictions, candles", _V1),)
+# Predictions from ``candles`` (``stream_infer.pgsource``):
+# * the Postgres source: a named source and where it has got to in each stream (the last
+#   candle it processed), and a wake-up when candles are inserted: a statement-level
+#   trigger without transition tables (TimescaleDB hypertables accept it), so a COPY of a
+#   month costs one notification;
+# * ``candle_changes.n``: counts the statements that changed rows behind the newest of
+#   their stream (an UPDATE, DELETE or TRUNCATE, or an INSERT of a row at or before its
+#   stream's newest open_time: a backfill). The library call reads it to know, with one
+#   row, that the rows it holds are still the table's (else it checks them one by one).
+_V2 = f"""
+CREATE TABLE IF NOT EXISTS candle_sources (
+    name       text PRIMARY KEY,
+    start      text NOT NULL CHECK (start IN ('latest', 'earliest')),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS candle_cursors (
+    source     text NOT NULL REFERENCES candle_sources (name) ON DELETE CASCADE,
+    symbol     text NOT NULL,
+    interval   text NOT NULL,
+    open_time  bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, symbol, interval)
+);
+
+CREATE TABLE IF NOT EXISTS candle_changes (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    n   bigint NOT NULL DEFAULT 0
+);
+INSERT INTO candle_changes (one) VALUES (true) ON CONFLICT DO NOTHING;
+
+-- Per row, before it is inserted: is it at or before its stream's newest candle? (One
+-- index probe; the flag lasts the transaction, the statement trigger below counts it.)
+CREATE OR REPLACE FUNCTION stream_infer_candles_behind() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM candles c
+        WHERE c.symbol = NEW.symbol AND c.interval = NEW.interval
+          AND c.open_time >= NEW.open_time
+    ) THEN
+        PERFORM set_config('{BEHIND_FLAG}', 'on', true);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION stream_infer_candles_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{CANDLES_CHANNEL}', '');
+    IF current_setting('{BEHIND_FLAG}', true) = 'on' THEN
+        UPDATE candle_changes SET n = n + 1;
+        PERFORM set_config('{BEHIND_FLAG}', 'off', true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION stream_infer_candles_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE candle_changes SET n = n + 1;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS candles_behind ON candles;
+CREATE TRIGGER candles_behind BEFORE INSERT ON candles
+    FOR EACH ROW EXECUTE FUNCTION stream_infer_candles_behind();
+DROP TRIGGER IF EXISTS candles_notify ON candles;
+CREATE TRIGGER candles_notify AFTER INSERT ON candles
+    FOR EACH STATEMENT EXECUTE FUNCTION stream_infer_candles_notify();
+DROP TRIGGER IF EXISTS candles_changed ON candles;
+CREATE TRIGGER candles_changed AFTER UPDATE OR DELETE OR TRUNCATE ON candles
+    FOR EACH STATEMENT EXECUTE FUNCTION stream_infer_candles_changed();
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "ensembles, predictions, candles", _V1),
+    Migration(2, "candle sources, cursors, change count and the candles triggers", _V2),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 # The columns each table must have after the migrations. ``IF NOT EXISTS`` passes over a
@@ -147,6 +236,9 @@ EXPECTED_COLUMNS: dict[str, frozenset[str]] = {
         ]
     ),
     "candles": frozenset(CANDLE_COLUMNS),
+    "candle_sources": frozenset(["name", "start", "created_at"]),
+    "candle_cursors": frozenset(["source", "symbol", "interval", "open_time", "updated_at"]),
+    "candle_changes": frozenset(["one", "n"]),
 }
 
 

@@ -26,7 +26,7 @@ from stream_infer._errors import DatabaseError
 from stream_infer.db._conn import TRANSIENT_ERRORS, Backoff, Database
 from stream_infer.db._schema import migrate
 
-__all__ = ["PredictionLike", "PredictionSink", "prediction_row"]
+__all__ = ["PredictionLike", "PredictionSink", "insert_predictions", "prediction_row"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,19 @@ def prediction_row(p: PredictionLike) -> dict[str, Any]:
         "latency_ms": None if p.latency_ms is None else float(p.latency_ms),
         "produced_at_ms": _epoch_ms(p.produced_at),
     }
+
+
+async def insert_predictions(
+    conn: asyncpg.Connection, predictions: Iterable[PredictionLike], *, timeout: float | None = None
+) -> int:
+    """Store predictions in one statement (the sink's), idempotently: a row whose key
+    (symbol, interval, open_time, ensemble_id) is there already is left as it is. Returns
+    how many were new. asyncpg's errors propagate (wrap with ``db_errors``)."""
+    rows = [prediction_row(p) for p in predictions]
+    if not rows:
+        return 0
+    tag = await conn.execute(_INSERT, orjson.dumps(rows).decode(), timeout=timeout)
+    return int(tag.rsplit(" ", 1)[-1])
 
 
 class PredictionSink:

@@ -312,6 +312,10 @@ class ModelManager:
         self._failed_ids.add(row_id)
         self.hold(row_id)
 
+    def is_ready(self) -> bool:
+        """True when a model is loaded and serving (the seed's ``manager.is_ready()``)."""
+        return self._current is not None
+
     @property
     def config(self) -> EnsembleConfig:
         return self._config

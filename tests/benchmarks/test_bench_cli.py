@@ -260,3 +260,42 @@ class _Machine:
             "date": "d",
             "load_avg_1m": 0.0,
         }
+
+
+@pytest.mark.services
+def test_library_tiny(pg_server: str) -> None:
+    import bench_library
+
+    from tests.fixtures_pg import PG_HOST, pg_port
+
+    r = bench_library.run(
+        calls=4, symbols=3, calls_many=2, cold_trials=1, host=PG_HOST, port=pg_port()
+    )
+    assert "skipped" not in r and "error" not in r, r
+    assert r["one"]["n"] == 4 and r["one"]["streams"] == 1
+    assert r["many"]["n"] == 2 and r["many"]["streams"] == 3
+    for key in ("one", "many", "cold_one", "cold_many"):
+        assert _finite(r, key, "median_ms") > 0
+    # inside the call's own clock: call start -> predictions built, never more than the call
+    assert 0 < r["one"]["latency_ms_median"] <= r["one"]["max_ms"]
+    from stream_infer.features import WARMUP
+
+    assert r["need"] > WARMUP  # warm-up plus the model's window, from the library itself
+    table = render(
+        {
+            "machine": {
+                "cpu": "x",
+                "cores": 2,
+                "memory_gib": 1,
+                "python": "3.11",
+                "torch": "t",
+                "onnxruntime": "o",
+                "date": "d",
+                "load_avg_1m": 0.0,
+            },
+            "quick": True,
+            "library": r,
+        }
+    )
+    assert "| (8) library call from Postgres | run_inference_pipeline, one symbol" in table
+    assert "the same, 3 symbols in one call, ms" in table

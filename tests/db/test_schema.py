@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import pytest
 
 from stream_infer import DatabaseError
 from stream_infer.config import DatabaseSettings
-from stream_infer.db import SCHEMA_VERSION, Database, migrate, schema_version
+from stream_infer.db import MIGRATIONS, SCHEMA_VERSION, Database, migrate, schema_version
 
 pytestmark = pytest.mark.services
 
@@ -24,7 +25,7 @@ async def test_migrate_twice_is_idempotent(pg_settings: DatabaseSettings) -> Non
     try:
         async with db.acquire() as conn:
             assert await schema_version(conn) == 0
-            assert await migrate(conn) == [1]
+            assert await migrate(conn) == [m.version for m in MIGRATIONS] == [1, 2]
             assert await migrate(conn) == []
             assert await schema_version(conn) == SCHEMA_VERSION
             assert await _tables(conn) == {
@@ -32,8 +33,11 @@ async def test_migrate_twice_is_idempotent(pg_settings: DatabaseSettings) -> Non
                 "active_ensembles",
                 "predictions",
                 "candles",
+                "candle_sources",
+                "candle_cursors",
+                "candle_changes",
             }
-            assert await conn.fetchval("SELECT count(*) FROM schema_version") == 1
+            assert await conn.fetchval("SELECT count(*) FROM schema_version") == len(MIGRATIONS)
             # no TimescaleDB here: candles is a plain table
             assert (
                 await conn.fetchval(
@@ -53,7 +57,7 @@ async def test_concurrent_migrate(pg_settings: DatabaseSettings) -> None:
     conns = [await Database(pg_settings).connect() for _ in range(6)]
     try:
         results = await asyncio.gather(*(migrate(c) for c in conns))
-        assert sorted(results) == [[], [], [], [], [], [1]]
+        assert sorted(results) == [[], [], [], [], [], [1, 2]]
         assert await schema_version(conns[0]) == SCHEMA_VERSION
     finally:
         for c in conns:
@@ -119,10 +123,84 @@ def test_migrate_command_creates_then_reports_up_to_date(
     runner = CliRunner()
     first = runner.invoke(app, ["db", "migrate"])
     assert first.exit_code == 0, first.output
-    assert f"schema version {SCHEMA_VERSION}; applied: 1" in first.output
+    assert f"schema version {SCHEMA_VERSION}; applied: 1, 2" in first.output
     second = runner.invoke(app, ["db", "migrate"])
     assert second.exit_code == 0, second.output
     assert "applied: none (up to date)" in second.output
     monkeypatch.setenv("DB_PORT", "1")  # nothing listens there: a DatabaseError (main()
     down = runner.invoke(app, ["db", "migrate"])  # prints it as one line), exit code 1
     assert down.exit_code == 1 and isinstance(down.exception, DatabaseError), down.output
+
+
+async def test_an_insert_into_candles_notifies_once_per_statement(pg_db: Database) -> None:
+    from stream_infer.candles import read_klines
+    from stream_infer.db import CANDLES_CHANNEL, load_candles
+    from tests.conftest import DATA
+
+    frame = read_klines(DATA / "klines" / "BTCUSDT-1m-2023-01-head.csv.gz").head(500)
+    got: list[str] = []
+    listener = await pg_db.connect()
+    try:
+        await listener.add_listener(CANDLES_CHANNEL, lambda *a: got.append(a[-1]))
+        async with pg_db.acquire() as conn:
+            await load_candles(conn, frame)  # 500 rows in one INSERT ... SELECT
+            await conn.execute(
+                "INSERT INTO candles VALUES ('X', '1m', 0, 59999, 1, 1, 1, 1, 0, 0, 0, 0, 0, NULL)"
+            )
+        for _ in range(100):
+            if len(got) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # a notification per row would have arrived by now
+    finally:
+        await listener.close()
+    assert got == ["", ""]
+
+
+async def test_candle_changes_counts_the_statements_that_change_rows_behind(
+    pg_db: Database,
+) -> None:
+    from stream_infer.candles import read_klines
+    from stream_infer.db import load_candles
+    from tests.conftest import DATA
+
+    frame = read_klines(DATA / "klines" / "BTCUSDT-1m-2023-01-head.csv.gz").head(200)
+    eth = frame.copy()
+    eth["symbol"] = "ETHUSDT"
+
+    async def n(conn: asyncpg.Connection) -> int:
+        return int(await conn.fetchval("SELECT n FROM candle_changes"))
+
+    async def copy(conn: asyncpg.Connection, rows: Any) -> None:
+        from stream_infer.candles import CANDLE_COLUMNS
+
+        records = [
+            tuple(None if c == "spread_bps" else r[c] for c in CANDLE_COLUMNS)
+            for r in rows.to_dict("records")
+        ]
+        await conn.copy_records_to_table("candles", records=records, columns=list(CANDLE_COLUMNS))
+
+    async with pg_db.acquire() as conn:
+        assert await n(conn) == 0
+        await load_candles(conn, frame.iloc[:100])
+        await load_candles(conn, frame.iloc[100:110])  # in order: the stream's new candles
+        await load_candles(conn, eth.iloc[:50])  # another stream's first ones
+        assert await n(conn) == 0
+        t = [int(x) for x in frame["open_time"]]
+        await conn.execute("DELETE FROM candles WHERE symbol = 'BTCUSDT' AND open_time = $1", t[50])
+        assert await n(conn) == 1
+        await load_candles(conn, frame.iloc[[50]])  # a backfill behind the newest
+        assert await n(conn) == 2
+        await load_candles(conn, frame.iloc[:110])  # a repeat load: every row is behind
+        assert await n(conn) == 3  # one statement, one count
+        await conn.execute("UPDATE candles SET volume = volume WHERE open_time = $1", t[5])
+        assert await n(conn) == 4
+        async with conn.transaction():  # behind, then in order: the flag is the statement's
+            await conn.execute("DELETE FROM candles WHERE open_time = $1", t[7])  # + 1
+            await copy(conn, frame.iloc[[7]])  # + 1
+            await copy(conn, frame.iloc[110:120])
+        assert await n(conn) == 6
+        await load_candles(conn, frame.iloc[120:130])
+        assert await n(conn) == 6
+        await conn.execute("TRUNCATE candles")
+        assert await n(conn) == 7
