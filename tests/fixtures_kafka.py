@@ -15,7 +15,6 @@ other's messages.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 
 from stream_infer.config import KafkaSettings
+from tests.kafka_helpers import run_sync
 
 #: ``STREAM_INFER_TEST_BROKER``: the broker the suite starts when none is configured.
 TEST_BROKER = os.environ.get("STREAM_INFER_TEST_BROKER", "apache")
@@ -160,24 +160,12 @@ def kafka_topics(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> T
         # Kafka refuses records over the topic's max.message.bytes (~1 MiB by default) at
         # produce time: a test of the service's own bound raises the broker's.
         big = {"max.message.bytes": str(candles_max_bytes)} if candles_max_bytes else None
-        _run(
+        run_sync(
             create_topics(
                 kafka_broker.bootstrap, {settings.kafka_candles_topic: partitions}, configs=big
             )
         )
-        _run(create_topics(kafka_broker.bootstrap, outputs))
+        run_sync(create_topics(kafka_broker.bootstrap, outputs))
         return settings
 
     return make
-
-
-def _run(coro: Any) -> Any:
-    """Run a coroutine from a sync fixture, also when the test's loop is running in this thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()

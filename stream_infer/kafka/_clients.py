@@ -16,7 +16,7 @@ from stream_infer._errors import BrokerError
 from stream_infer.config import KafkaSettings
 from stream_infer.kafka._health import BrokerHealth
 from stream_infer.kafka._observer import Observer
-from stream_infer.kafka._produce import make_producer
+from stream_infer.kafka._produce import start_producer
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -91,20 +91,21 @@ async def open_clients(
         heartbeat_interval_ms=max(100, session_timeout_ms // 3),
         max_partition_fetch_bytes=max(s.kafka_max_message_bytes, 1 << 20),
     )
-    producer = make_producer(
+    producer, idempotent = await start_producer(
         bootstrap,
+        idempotence=s.kafka_enable_idempotence,
         client={k: v for k, v in client.items() if k != "bootstrap_servers"},
         linger_ms=linger_ms,
         client_id=client_id,
         max_request_size=max(s.kafka_max_message_bytes * 2, 1 << 20),
     )
     try:
-        await producer.start()
         await consumer.start()
     except Exception as exc:
         await consumer.stop()
         await producer.stop()
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    log.info("producer: %s", "idempotent" if idempotent else "not idempotent")
     return consumer, producer
 
 

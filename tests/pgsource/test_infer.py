@@ -18,8 +18,8 @@ from stream_infer.config import DatabaseSettings
 from stream_infer.db import Database, load_candles
 from stream_infer.events import decode_prediction
 from stream_infer.features import MAX_GAP
-from stream_infer.kafka import READY_INDEX
 from stream_infer.pgsource import DUPLICATE, INCREMENTAL_MAX, run_inference_pipeline
+from stream_infer.pipeline import READY_INDEX
 from tests.pgsource._util import assert_same, cli, count_rows, cut, replay
 from tests.pgsource.conftest import MONTHS
 
