@@ -366,7 +366,7 @@ async def test_with_a_broker_the_predictions_also_go_to_the_topic(
 ) -> None:
     from stream_infer.events import decode_prediction
     from stream_infer.pgsource import TopicPublisher
-    from tests.kafka._util import read_topic
+    from tests.kafka_helpers import read_topic
 
     s = kafka_topics()
     (near,) = frames(445, [NEAR])
